@@ -73,7 +73,8 @@ func BuildPacket(tb testing.TB, p Packet) []byte {
 	return b
 }
 
-// Build serializes the Ethernet frame.
+// Build serializes the Ethernet frame, padded to Ethernet's 60-byte minimum
+// (without FCS) as a NIC would send it.
 func (p Packet) Build() ([]byte, error) {
 	var l3 []byte
 	etherType := p.EtherType

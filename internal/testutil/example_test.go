@@ -2,8 +2,11 @@ package testutil_test
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf/btf"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
 
 	"github.com/netblocks/netblocks/internal/testutil"
 )
@@ -49,4 +52,26 @@ func ExampleCheckLayout() {
 	// <nil>
 	// check layout of Go testutil_test.badKey against C struct ct_key: field L4Proto: offset Go 4, C member l4_proto 6
 	// field SrcPort: offset Go 6, C member src_port 4
+}
+
+// Build a VLAN-tagged IPv4 TCP SYN and look at its layers with gopacket.
+func ExamplePacket_Build() {
+	frame, err := testutil.Packet{
+		VLANs: []uint16{100},
+		Src:   netip.MustParseAddr("192.0.2.1"), Dst: netip.MustParseAddr("192.0.2.2"),
+		Proto: layers.IPProtocolTCP, SrcPort: 40000, DstPort: 80,
+	}.Build()
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(len(frame), "bytes") // 58 of headers, padded to Ethernet's 60-byte minimum
+	for _, l := range gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default).Layers() {
+		fmt.Println(l.LayerType())
+	}
+	// Output:
+	// 60 bytes
+	// Ethernet
+	// Dot1Q
+	// IPv4
+	// TCP
 }
