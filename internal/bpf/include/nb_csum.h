@@ -153,6 +153,28 @@ static __always_inline int nb_rewrite_addr(const struct nb_frame *f, struct nb_p
 }
 
 /*
+ * nb_port_field finds what a port rewrite changes: the TCP/UDP source
+ * (dst == 0) or destination port, or the ICMP/ICMPv6 echo identifier (dst
+ * ignored). It sets *off to the field's offset in the L4 header and returns the
+ * matching field of p, or NULL when p has no such field (no L4 header, not an
+ * echo, another protocol).
+ */
+static __always_inline __be16 *nb_port_field(struct nb_pkt *p, int dst, __u32 *off)
+{
+	if (!(p->layers & NB_LAYER_L4))
+		return NULL;
+	if (p->l4_proto == IPPROTO_TCP || p->l4_proto == IPPROTO_UDP) {
+		*off = dst ? 2 : 0;
+		return dst ? &p->dport : &p->sport;
+	}
+	if (nb_is_echo(p->l4_proto, p->icmp_type)) {
+		*off = 4;
+		return &p->icmp_id;
+	}
+	return NULL;
+}
+
+/*
  * nb_rewrite_port replaces the TCP/UDP source (dst == 0) or destination port,
  * or the ICMP/ICMPv6 echo identifier (dst ignored), in place and updates the L4
  * checksum. The packet must have its L4 header. Direct packet access: XDP.
@@ -160,20 +182,11 @@ static __always_inline int nb_rewrite_addr(const struct nb_frame *f, struct nb_p
  */
 static __always_inline int nb_rewrite_port(const struct nb_frame *f, struct nb_pkt *p, int dst, __be16 to)
 {
-	__be16 *field, *cur;
-	__u32 off;
+	__u32 off = 0;
+	__be16 *field, *cur = nb_port_field(p, dst, &off);
 
-	if (!(p->layers & NB_LAYER_L4))
+	if (!cur)
 		return -1;
-	if (p->l4_proto == IPPROTO_TCP || p->l4_proto == IPPROTO_UDP) {
-		off = dst ? 2 : 0;
-		cur = dst ? &p->dport : &p->sport;
-	} else if (nb_is_echo(p->l4_proto, p->icmp_type)) {
-		off = 4;
-		cur = &p->icmp_id;
-	} else {
-		return -1;
-	}
 	field = nb_hdr(f, p->l4_off + off, sizeof(*field));
 	if (!field)
 		return -1;
@@ -251,22 +264,13 @@ static __always_inline int nb_skb_rewrite_addr(struct __sk_buff *skb, struct nb_
  */
 static __always_inline int nb_skb_rewrite_port(struct __sk_buff *skb, struct nb_pkt *p, int dst, __be16 to)
 {
+	__u32 off = 0;
+	__be16 *cur = nb_port_field(p, dst, &off);
 	__u64 flags = 2;
-	__be16 *cur;
-	__u32 off;
 	int ret;
 
-	if (!(p->layers & NB_LAYER_L4))
+	if (!cur)
 		return -1;
-	if (p->l4_proto == IPPROTO_TCP || p->l4_proto == IPPROTO_UDP) {
-		off = dst ? 2 : 0;
-		cur = dst ? &p->dport : &p->sport;
-	} else if (nb_is_echo(p->l4_proto, p->icmp_type)) {
-		off = 4;
-		cur = &p->icmp_id;
-	} else {
-		return -1;
-	}
 	if (p->l4_proto == IPPROTO_UDP)
 		flags |= BPF_F_MARK_MANGLED_0;
 	ret = bpf_l4_csum_replace(skb, p->l4_off + nb_l4_csum_off(p->l4_proto), *cur, to, flags);

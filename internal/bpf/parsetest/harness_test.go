@@ -147,28 +147,28 @@ func objects(tb testing.TB) *parsetestObjects {
 // never see a shorter frame either.
 const minRun = 14
 
-// runXDP runs prog on frame and returns the frame after the run.
-func runXDP(prog *ebpf.Program, frame []byte) ([]byte, error) {
-	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+64)}
-	ret, err := prog.Run(opts)
-	if err != nil {
-		return nil, fmt.Errorf("run %v on %d bytes: %w", prog, len(frame), err)
-	}
-	if ret != 2 { // XDP_PASS
-		return nil, fmt.Errorf("run %v on %d bytes: verdict %d, want XDP_PASS", prog, len(frame), ret)
-	}
-	return opts.DataOut, nil
-}
+// Verdicts the test programs return when they ran to the end.
+const (
+	xdpPass = 2 // XDP_PASS
+	tcOK    = 0 // TC_ACT_OK
+)
 
-// runTC runs prog on frame (at least 14 bytes) and returns the frame after the run.
-func runTC(prog *ebpf.Program, frame []byte) ([]byte, error) {
+// runXDP runs an XDP program on frame and returns the frame after the run.
+func runXDP(prog *ebpf.Program, frame []byte) ([]byte, error) { return run(prog, frame, xdpPass) }
+
+// runTC runs a tc program on frame and returns the frame after the run.
+func runTC(prog *ebpf.Program, frame []byte) ([]byte, error) { return run(prog, frame, tcOK) }
+
+// run runs prog on frame with BPF_PROG_RUN, checks its verdict and returns
+// the frame after the run.
+func run(prog *ebpf.Program, frame []byte, verdict uint32) ([]byte, error) {
 	opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+64)}
 	ret, err := prog.Run(opts)
 	if err != nil {
 		return nil, fmt.Errorf("run %v on %d bytes: %w", prog, len(frame), err)
 	}
-	if ret != 0 { // TC_ACT_OK
-		return nil, fmt.Errorf("run %v on %d bytes: verdict %d, want TC_ACT_OK", prog, len(frame), ret)
+	if ret != verdict {
+		return nil, fmt.Errorf("run %v on %d bytes: verdict %d, want %d", prog, len(frame), ret, verdict)
 	}
 	return opts.DataOut, nil
 }
