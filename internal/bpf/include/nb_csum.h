@@ -11,7 +11,7 @@
  *    (CHECKSUM_PARTIAL, CHECKSUM_COMPLETE) right. For tc: a direct write there
  *    would corrupt locally generated packets whose L4 checksum is offloaded.
  *
- * Both take a struct nb_pkt from nb_parse and keep it in step with the
+ * Both take a struct nb_pkt from the parser and keep it in step with the
  * rewrite. The L4 checksum is updated only where the L4 header is in this
  * packet: a later fragment carries none (its datagram's checksum travels in the
  * first fragment). A UDP checksum of zero (IPv4: "no checksum") stays zero, and

@@ -2,10 +2,11 @@
 /*
  * nb_parse.h: bounds-checked packet parsing shared by every netblocks program.
  *
- * One call, nb_parse(), walks Ethernet (with up to two 802.1Q/802.1ad tags),
+ * One call, nb_parse_xdp() or nb_parse_skb(), walks Ethernet (with up to two 802.1Q/802.1ad tags),
  * IPv4 (options, fragments) or IPv6 (extension headers, fragments), and
  * TCP/UDP/ICMP/ICMPv6, and fills a struct nb_pkt. Frames without a link layer
- * (tc on an L3 device, the packet quoted in an ICMP error) use nb_parse_ip().
+ * (tc on an L3 device, the packet quoted in an ICMP error) use nb_parse_ip_xdp()
+ * or nb_parse_ip_skb().
  *
  * Contract, which the tests in internal/bpf/parsetest check byte by byte:
  *  - A layer's fields are written only when that layer's whole header is
@@ -45,6 +46,16 @@ enum {
 	NB_FRAG_FRAGMENT = 1 << 0,	/* part of a fragmented datagram (more fragments, or offset > 0) */
 	NB_FRAG_MORE = 1 << 1,		/* more fragments follow */
 	NB_FRAG_DONT = 1 << 2,		/* IPv4 don't-fragment bit */
+};
+
+/* Flags of nb_parse_ip (and the nb_parse_ip_* entry points). */
+enum {
+	/*
+	 * The packet is quoted in an ICMP error, which carries only the first 8
+	 * bytes of its upper-layer header: parse TCP from those 8 (ports, no
+	 * flags; l4_hdr_len 8) instead of requiring the whole header.
+	 */
+	NB_PARSE_QUOTED = 1 << 0,
 };
 
 #define NB_MAX_VLAN 2		/* 802.1Q, or 802.1ad + 802.1Q (QinQ) */
@@ -320,12 +331,20 @@ static __always_inline int nb_is_echo(__u8 l4_proto, __u8 type)
 }
 
 /* nb_parse_l4 parses the TCP, UDP, ICMP or ICMPv6 header at p->l4_off. */
-static __always_inline int nb_parse_l4(const struct nb_frame *f, struct nb_pkt *p)
+static __always_inline int nb_parse_l4(const struct nb_frame *f, struct nb_pkt *p, __u32 flags)
 {
 	__u32 off = p->l4_off;
 	__u8 proto = p->l4_proto;
 
-	if (proto == IPPROTO_TCP) {
+	if (proto == IPPROTO_TCP && (flags & NB_PARSE_QUOTED)) {
+		__be16 *ports = nb_hdr(f, off, 8);
+
+		if (!ports)
+			return NB_ERR_TRUNCATED;
+		p->sport = ports[0];
+		p->dport = ports[1];
+		p->l4_hdr_len = 8;
+	} else if (proto == IPPROTO_TCP) {
 		struct tcphdr *th = nb_hdr(f, off, sizeof(*th));
 		__u32 len;
 
@@ -368,7 +387,7 @@ static __always_inline int nb_parse_l4(const struct nb_frame *f, struct nb_pkt *
 }
 
 /* nb_parse_l3 parses the network layer named by p->l3_proto at p->l3_off, then the upper layer. */
-static __always_inline int nb_parse_l3(const struct nb_frame *f, struct nb_pkt *p)
+static __always_inline int nb_parse_l3(const struct nb_frame *f, struct nb_pkt *p, __u32 flags)
 {
 	int err;
 
@@ -382,40 +401,91 @@ static __always_inline int nb_parse_l3(const struct nb_frame *f, struct nb_pkt *
 		return err;
 	if (p->frag_off)
 		return NB_OK; /* a later fragment has no upper-layer header */
-	return nb_parse_l4(f, p);
+	return nb_parse_l4(f, p, flags);
 }
 
-/* nb_parse zeroes p and parses an Ethernet frame into it. Returns p->err. */
-static __always_inline int nb_parse(const struct nb_frame *f, struct nb_pkt *p)
+/*
+ * The entry points programs call. They are global BPF functions, not inlined:
+ * the verifier checks each once, on its own, instead of again at every call
+ * site and along every path that reaches it (one per VLAN depth, one for an
+ * ICMP error's quoted packet), which keeps programs that include several
+ * blocks far from the verifier's limits. They only read the packet; in tc,
+ * call nb_frame_skb first so that the headers are linear, and re-derive any
+ * packet pointers after the call. p may not be NULL (they return
+ * NB_ERR_MALFORMED if it is).
+ */
+
+/* nb_parse_l3_xdp parses the network layer named by p->l3_proto at p->l3_off, and the upper layer. */
+__attribute__((noinline)) int nb_parse_l3_xdp(struct xdp_md *ctx, struct nb_pkt *p, __u32 flags)
 {
+	struct nb_frame f;
+
+	if (!p)
+		return NB_ERR_MALFORMED;
+	nb_frame_xdp(&f, ctx);
+	return nb_parse_l3(&f, p, flags);
+}
+
+/* nb_parse_l3_skb is nb_parse_l3_xdp for tc. */
+__attribute__((noinline)) int nb_parse_l3_skb(struct __sk_buff *skb, struct nb_pkt *p, __u32 flags)
+{
+	struct nb_frame f;
+
+	if (!p)
+		return NB_ERR_MALFORMED;
+	f.data = (void *)(long)NB_READ_CTX(skb, data);
+	f.data_end = (void *)(long)NB_READ_CTX(skb, data_end);
+	return nb_parse_l3(&f, p, flags);
+}
+
+/* nb_parse_xdp zeroes p and parses an Ethernet frame into it. Returns p->err. */
+__attribute__((noinline)) int nb_parse_xdp(struct xdp_md *ctx, struct nb_pkt *p)
+{
+	struct nb_frame f;
 	int err;
 
+	if (!p)
+		return NB_ERR_MALFORMED;
+	nb_frame_xdp(&f, ctx);
 	__builtin_memset(p, 0, sizeof(*p));
-	err = nb_parse_eth(f, p);
+	err = nb_parse_eth(&f, p);
 	if (!err)
-		err = nb_parse_l3(f, p);
+		err = nb_parse_l3_xdp(ctx, p, 0);
+	p->err = err;
+	return err;
+}
+
+/* nb_parse_skb zeroes p and parses a tc frame (Ethernet) into it. Returns p->err. */
+__attribute__((noinline)) int nb_parse_skb(struct __sk_buff *skb, struct nb_pkt *p)
+{
+	struct nb_frame f;
+	int err;
+
+	if (!p)
+		return NB_ERR_MALFORMED;
+	f.data = (void *)(long)NB_READ_CTX(skb, data);
+	f.data_end = (void *)(long)NB_READ_CTX(skb, data_end);
+	__builtin_memset(p, 0, sizeof(*p));
+	err = nb_parse_eth(&f, p);
+	if (!err)
+		err = nb_parse_l3_skb(skb, p, 0);
 	p->err = err;
 	return err;
 }
 
 /*
- * nb_parse_ip zeroes p and parses an IP packet that starts at off (a frame with
- * no link layer, or a packet quoted inside an ICMP error). The IP version
- * nibble picks the family; p->l3_proto is set to the matching EtherType.
- * NB_LAYER_L2 is never set. Returns p->err.
+ * nb_parse_ip_begin starts parsing an IP packet at off: it zeroes p and sets
+ * p->l3_proto from the version nibble. Returns NB_OK to go on with
+ * nb_parse_l3_*, or the error that ends the parse.
  */
-static __always_inline int nb_parse_ip(const struct nb_frame *f, struct nb_pkt *p, __u32 off)
+static __always_inline int nb_parse_ip_begin(const struct nb_frame *f, struct nb_pkt *p, __u32 off)
 {
 	__u8 *v;
-	int err;
 
 	__builtin_memset(p, 0, sizeof(*p));
 	v = nb_hdr(f, off, 1);
-	if (!v) {
-		err = NB_ERR_TRUNCATED;
-		goto out;
-	}
-	p->l3_off = off;
+	if (!v)
+		return NB_ERR_TRUNCATED;
 	switch (*v >> 4) {
 	case 4:
 		p->l3_proto = ETH_P_IP;
@@ -424,18 +494,58 @@ static __always_inline int nb_parse_ip(const struct nb_frame *f, struct nb_pkt *
 		p->l3_proto = ETH_P_IPV6;
 		break;
 	default:
-		p->l3_off = 0;
-		err = NB_ERR_MALFORMED;
-		goto out;
+		return NB_ERR_MALFORMED;
 	}
-	err = nb_parse_l3(f, p);
+	p->l3_off = off;
+	return NB_OK;
+}
+
+/* nb_parse_ip_end records err, clearing the start nb_parse_ip_begin made if no IP header was parsed. */
+static __always_inline int nb_parse_ip_end(struct nb_pkt *p, int err)
+{
 	if (err && !(p->layers & NB_LAYER_L3)) {
 		p->l3_proto = 0;
 		p->l3_off = 0;
 	}
-out:
 	p->err = err;
 	return err;
+}
+
+/*
+ * nb_parse_ip_xdp zeroes p and parses an IP packet that starts at off of an
+ * XDP frame (a frame with no link layer, or a packet quoted in an ICMP error),
+ * with NB_PARSE_* flags. The IP version nibble picks the family and sets
+ * p->l3_proto to the matching EtherType; NB_LAYER_L2 is never set. Returns
+ * p->err.
+ */
+__attribute__((noinline)) int nb_parse_ip_xdp(struct xdp_md *ctx, struct nb_pkt *p, __u32 off, __u32 flags)
+{
+	struct nb_frame f;
+	int err;
+
+	if (!p)
+		return NB_ERR_MALFORMED;
+	nb_frame_xdp(&f, ctx);
+	err = nb_parse_ip_begin(&f, p, off);
+	if (!err)
+		err = nb_parse_l3_xdp(ctx, p, flags);
+	return nb_parse_ip_end(p, err);
+}
+
+/* nb_parse_ip_skb is nb_parse_ip_xdp for tc. */
+__attribute__((noinline)) int nb_parse_ip_skb(struct __sk_buff *skb, struct nb_pkt *p, __u32 off, __u32 flags)
+{
+	struct nb_frame f;
+	int err;
+
+	if (!p)
+		return NB_ERR_MALFORMED;
+	f.data = (void *)(long)NB_READ_CTX(skb, data);
+	f.data_end = (void *)(long)NB_READ_CTX(skb, data_end);
+	err = nb_parse_ip_begin(&f, p, off);
+	if (!err)
+		err = nb_parse_l3_skb(skb, p, flags);
+	return nb_parse_ip_end(p, err);
 }
 
 #endif /* NB_PARSE_H */

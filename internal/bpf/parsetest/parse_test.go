@@ -388,3 +388,32 @@ func TestLayout(t *testing.T) {
 	testutil.RequireLayout(t, spec.Types, "nb_pkt", nbPkt{})
 	testutil.RequireLayout(t, spec.Types, "nat_cfg", natCfg{})
 }
+
+// TestParseQuoted parses packets as an ICMP error quotes them: the IP header
+// and the first 8 bytes of the upper layer, which is enough for ports.
+func TestParseQuoted(t *testing.T) {
+	objs := objects(t)
+	for _, p := range []testutil.Packet{
+		{Src: src4, Dst: dst4, Proto: layers.IPProtocolTCP, SrcPort: 40000, DstPort: 80, Payload: []byte("data")},
+		{Src: src6, Dst: dst6, Proto: layers.IPProtocolTCP, SrcPort: 443, DstPort: 50000},
+		{Src: src4, Dst: dst4, Proto: layers.IPProtocolUDP, SrcPort: 5353, DstPort: 53, Payload: []byte("data")},
+		{Src: src6, Dst: dst6, Proto: layers.IPProtocolICMPv6, ICMPID: 77, Payload: []byte("data")},
+	} {
+		frame := testutil.BuildPacket(t, p)
+		want := expect(t, frame)
+		want.Layers &^= layerL2
+		want.EthProto = 0
+		want.L4HdrLen, want.TCPFlags = 8, 0
+		quoted := frame[:want.L4Off+8]
+		if _, err := runXDP(objs.ParseQuotedXdp, append(make([]byte, 14), quoted[14:]...)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := lastResult(objs.Result)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, got.parsed(), equateAddr); diff != "" {
+			t.Errorf("%v %v: quoted parse (-want +got):\n%s", p.Src, p.Proto, diff)
+		}
+	}
+}

@@ -72,14 +72,15 @@ type parsetestNbPkt struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	parsetestMapNat         = "nat"
-	parsetestMapNatStatus   = "nat_status"
-	parsetestMapResult      = "result"
-	parsetestProgNatTc      = "nat_tc"
-	parsetestProgNatXdp     = "nat_xdp"
-	parsetestProgParseIpXdp = "parse_ip_xdp"
-	parsetestProgParseTc    = "parse_tc"
-	parsetestProgParseXdp   = "parse_xdp"
+	parsetestMapNat             = "nat"
+	parsetestMapNatStatus       = "nat_status"
+	parsetestMapResult          = "result"
+	parsetestProgNatTc          = "nat_tc"
+	parsetestProgNatXdp         = "nat_xdp"
+	parsetestProgParseIpXdp     = "parse_ip_xdp"
+	parsetestProgParseQuotedXdp = "parse_quoted_xdp"
+	parsetestProgParseTc        = "parse_tc"
+	parsetestProgParseXdp       = "parse_xdp"
 )
 
 // loadParsetest returns the embedded CollectionSpec for parsetest.
@@ -124,11 +125,12 @@ type parsetestSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type parsetestProgramSpecs struct {
-	NatTc      *ebpf.ProgramSpec `ebpf:"nat_tc"`
-	NatXdp     *ebpf.ProgramSpec `ebpf:"nat_xdp"`
-	ParseIpXdp *ebpf.ProgramSpec `ebpf:"parse_ip_xdp"`
-	ParseTc    *ebpf.ProgramSpec `ebpf:"parse_tc"`
-	ParseXdp   *ebpf.ProgramSpec `ebpf:"parse_xdp"`
+	NatTc          *ebpf.ProgramSpec `ebpf:"nat_tc"`
+	NatXdp         *ebpf.ProgramSpec `ebpf:"nat_xdp"`
+	ParseIpXdp     *ebpf.ProgramSpec `ebpf:"parse_ip_xdp"`
+	ParseQuotedXdp *ebpf.ProgramSpec `ebpf:"parse_quoted_xdp"`
+	ParseTc        *ebpf.ProgramSpec `ebpf:"parse_tc"`
+	ParseXdp       *ebpf.ProgramSpec `ebpf:"parse_xdp"`
 }
 
 // parsetestMapSpecs contains maps before they are loaded into the kernel.
@@ -189,11 +191,12 @@ type parsetestVariables struct {
 //
 // It can be passed to loadParsetestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type parsetestPrograms struct {
-	NatTc      *ebpf.Program `ebpf:"nat_tc"`
-	NatXdp     *ebpf.Program `ebpf:"nat_xdp"`
-	ParseIpXdp *ebpf.Program `ebpf:"parse_ip_xdp"`
-	ParseTc    *ebpf.Program `ebpf:"parse_tc"`
-	ParseXdp   *ebpf.Program `ebpf:"parse_xdp"`
+	NatTc          *ebpf.Program `ebpf:"nat_tc"`
+	NatXdp         *ebpf.Program `ebpf:"nat_xdp"`
+	ParseIpXdp     *ebpf.Program `ebpf:"parse_ip_xdp"`
+	ParseQuotedXdp *ebpf.Program `ebpf:"parse_quoted_xdp"`
+	ParseTc        *ebpf.Program `ebpf:"parse_tc"`
+	ParseXdp       *ebpf.Program `ebpf:"parse_xdp"`
 }
 
 func (p *parsetestPrograms) Close() error {
@@ -201,6 +204,7 @@ func (p *parsetestPrograms) Close() error {
 		p.NatTc,
 		p.NatXdp,
 		p.ParseIpXdp,
+		p.ParseQuotedXdp,
 		p.ParseTc,
 		p.ParseXdp,
 	)

@@ -64,11 +64,9 @@ static __always_inline void status(__s32 st)
 SEC("xdp")
 int parse_xdp(struct xdp_md *ctx)
 {
-	struct nb_frame f;
-	struct nb_pkt p;
+	struct nb_pkt p = {};
 
-	nb_frame_xdp(&f, ctx);
-	nb_parse(&f, &p);
+	nb_parse_xdp(ctx, &p);
 	record(&p);
 	return XDP_PASS;
 }
@@ -81,11 +79,20 @@ int parse_xdp(struct xdp_md *ctx)
 SEC("xdp")
 int parse_ip_xdp(struct xdp_md *ctx)
 {
-	struct nb_frame f;
-	struct nb_pkt p;
+	struct nb_pkt p = {};
 
-	nb_frame_xdp(&f, ctx);
-	nb_parse_ip(&f, &p, 14);
+	nb_parse_ip_xdp(ctx, &p, 14, 0);
+	record(&p);
+	return XDP_PASS;
+}
+
+/* parse_quoted_xdp is parse_ip_xdp for a packet quoted in an ICMP error. */
+SEC("xdp")
+int parse_quoted_xdp(struct xdp_md *ctx)
+{
+	struct nb_pkt p = {};
+
+	nb_parse_ip_xdp(ctx, &p, 14, NB_PARSE_QUOTED);
 	record(&p);
 	return XDP_PASS;
 }
@@ -94,11 +101,11 @@ SEC("tc")
 int parse_tc(struct __sk_buff *skb)
 {
 	struct nb_frame f;
-	struct nb_pkt p;
+	struct nb_pkt p = {};
 
 	if (nb_frame_skb(&f, skb, NB_PULL_LEN) < 0)
 		return TC_ACT_OK;
-	nb_parse(&f, &p);
+	nb_parse_skb(skb, &p);
 	record(&p);
 	return TC_ACT_OK;
 }
@@ -108,14 +115,14 @@ int nat_xdp(struct xdp_md *ctx)
 {
 	struct nat_cfg *cfg;
 	struct nb_frame f;
-	struct nb_pkt p;
+	struct nb_pkt p = {};
 	__u32 k = 0;
 
 	cfg = bpf_map_lookup_elem(&nat, &k);
 	if (!cfg)
 		return XDP_ABORTED;
+	nb_parse_xdp(ctx, &p);
 	nb_frame_xdp(&f, ctx);
-	nb_parse(&f, &p);
 	if ((cfg->flags & NAT_SADDR) && nb_rewrite_addr(&f, &p, 0, &cfg->saddr))
 		return status(1000), XDP_PASS;
 	if ((cfg->flags & NAT_DADDR) && nb_rewrite_addr(&f, &p, 1, &cfg->daddr))
@@ -134,7 +141,7 @@ int nat_tc(struct __sk_buff *skb)
 {
 	struct nat_cfg *cfg;
 	struct nb_frame f;
-	struct nb_pkt p;
+	struct nb_pkt p = {};
 	__u32 k = 0;
 	int ret;
 
@@ -143,7 +150,7 @@ int nat_tc(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	if (nb_frame_skb(&f, skb, NB_PULL_LEN) < 0)
 		return TC_ACT_SHOT;
-	nb_parse(&f, &p);
+	nb_parse_skb(skb, &p);
 	if ((cfg->flags & NAT_SADDR) && (ret = nb_skb_rewrite_addr(skb, &p, 0, &cfg->saddr)))
 		return status(1000 - ret), TC_ACT_OK;
 	if ((cfg->flags & NAT_DADDR) && (ret = nb_skb_rewrite_addr(skb, &p, 1, &cfg->daddr)))
