@@ -49,7 +49,8 @@ type Packet struct {
 	SrcPort, DstPort uint16             // TCP/UDP ports
 	TCPFlags         uint8              // TCP flags byte (FIN 0x01 .. CWR 0x80); default SYN
 	TCPOptions       []layers.TCPOption // serialized as given, padded to 4 bytes
-	ICMPType         uint8              // ICMP/ICMPv6 type; default echo request (8, or 128)
+	ICMPType         uint8              // ICMP/ICMPv6 type; default echo request (8, or 128), or reply with ICMPReply
+	ICMPReply        bool               // an echo reply (0, or 129) rather than a request; ICMPType must be 0
 	ICMPCode         uint8
 	ICMPID, ICMPSeq  uint16 // echo identifier and sequence
 	Payload          []byte // after the upper-layer header (or after IP for other protocols)
@@ -153,6 +154,9 @@ func (p Packet) BuildIP() ([]byte, error) {
 		upper = upper[f.Offset:end]
 	}
 
+	if p.ICMPReply && p.ICMPType != 0 {
+		return nil, fmt.Errorf("build packet: ICMPReply with ICMPType %d", p.ICMPType)
+	}
 	if p.Src.Is4() {
 		if len(p.IPv6Ext) > 0 {
 			return nil, errors.New("build packet: IPv6 extension headers on an IPv4 packet")
@@ -255,7 +259,7 @@ func (p Packet) upperLayer(netLayer gopacket.NetworkLayer) ([]byte, error) {
 		return serialize(udp, payload)
 	case layers.IPProtocolICMPv4:
 		typ := p.ICMPType
-		if typ == 0 && p.ICMPCode == 0 {
+		if typ == 0 && p.ICMPCode == 0 && !p.ICMPReply {
 			typ = layers.ICMPv4TypeEchoRequest
 		}
 		icmp := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(typ, p.ICMPCode), Id: p.ICMPID, Seq: p.ICMPSeq}
@@ -264,6 +268,9 @@ func (p Packet) upperLayer(netLayer gopacket.NetworkLayer) ([]byte, error) {
 		typ := p.ICMPType
 		if typ == 0 && p.ICMPCode == 0 {
 			typ = layers.ICMPv6TypeEchoRequest
+			if p.ICMPReply {
+				typ = layers.ICMPv6TypeEchoReply
+			}
 		}
 		icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(typ, p.ICMPCode)}
 		if err := icmp.SetNetworkLayerForChecksum(netLayer); err != nil {
