@@ -35,3 +35,4 @@ int nb_ct_egress(struct __sk_buff *skb)
 {
 	return track(skb, CT_DIR_OUT);
 }
+

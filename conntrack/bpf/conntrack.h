@@ -286,18 +286,21 @@ static __always_inline void ct_account(struct ct_entry *e, __u8 proto, __u8 tcp_
 	__u32 flags;
 	__u8 state;
 
+	/* Locked ORs only when they change something: on an established flow they rarely do. */
 	if (rx) {
 		__sync_fetch_and_add(&e->rx_packets, 1);
 		__sync_fetch_and_add(&e->rx_bytes, len);
-		if (tcp_flags)
+		if ((e->rx_flags_seen & tcp_flags) != tcp_flags)
 			__sync_fetch_and_or(&e->rx_flags_seen, tcp_flags);
 	} else {
 		__sync_fetch_and_add(&e->tx_packets, 1);
 		__sync_fetch_and_add(&e->tx_bytes, len);
-		if (tcp_flags)
+		if ((e->tx_flags_seen & tcp_flags) != tcp_flags)
 			__sync_fetch_and_or(&e->tx_flags_seen, tcp_flags);
 	}
-	flags = add ? __sync_fetch_and_or(&e->flags, add) | add : e->flags;
+	flags = e->flags;
+	if ((flags & add) != add)
+		flags = __sync_fetch_and_or(&e->flags, add) | add;
 	state = ct_state(proto, flags);
 	if (e->state != state)
 		e->state = state;
@@ -400,23 +403,28 @@ create:
 static __always_inline int ct_track_skb(struct __sk_buff *skb, const struct nb_pkt *p, __u8 dir,
 					const struct ct_create_opts *opts, struct ct_tuple *tuple)
 {
-	struct nb_pkt quoted = {};
+	if (ct_pkt_is_icmp_error(p)) {
+		struct nb_pkt quoted = {};
 
-	if (ct_pkt_is_icmp_error(p))
 		nb_parse_ip_skb(skb, &quoted, p->l4_off + 8, NB_PARSE_QUOTED);
-	return ct_process(p, &quoted, NB_READ_CTX(skb, len), dir, opts, tuple);
+		return ct_process(p, &quoted, NB_READ_CTX(skb, len), dir, opts, tuple);
+	}
+	return ct_process(p, NULL, NB_READ_CTX(skb, len), dir, opts, tuple);
 }
 
 /* ct_track_xdp is ct_track_skb for XDP; len is the frame's length. */
 static __always_inline int ct_track_xdp(struct xdp_md *ctx, const struct nb_pkt *p, __u8 dir,
 					const struct ct_create_opts *opts, struct ct_tuple *tuple)
 {
-	struct nb_pkt quoted = {};
 	__u32 len = NB_READ_CTX(ctx, data_end) - NB_READ_CTX(ctx, data);
 
-	if (ct_pkt_is_icmp_error(p))
+	if (ct_pkt_is_icmp_error(p)) {
+		struct nb_pkt quoted = {};
+
 		nb_parse_ip_xdp(ctx, &quoted, p->l4_off + 8, NB_PARSE_QUOTED);
-	return ct_process(p, &quoted, len, dir, opts, tuple);
+		return ct_process(p, &quoted, len, dir, opts, tuple);
+	}
+	return ct_process(p, NULL, len, dir, opts, tuple);
 }
 
 #endif /* NB_CONNTRACK_H */
