@@ -33,7 +33,8 @@ type Config struct {
 	MaxEntries int
 
 	// Timeouts are the lifetimes of an entry in each state; zero fields take
-	// the defaults.
+	// the defaults, or, when New reopens a pinned table, the values stored in
+	// it.
 	Timeouts Timeouts
 
 	// PinPath, if set, is a directory on a bpffs where the table's maps are

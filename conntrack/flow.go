@@ -33,7 +33,8 @@ func (p Protocol) String() string {
 }
 
 // Flow is a connection's tuple in its original direction: the direction of its
-// first packet. Ports are in host order. For ICMP and ICMPv6 echo, the
+// first packet. Ports are in host order. IPv4-mapped IPv6 addresses stand for
+// the IPv4 addresses they map. For ICMP and ICMPv6 echo, the
 // identifier is the source port of a request and the destination port of a
 // reply; other ICMP messages have ports 0.
 type Flow struct {
@@ -52,7 +53,7 @@ func (f Flow) String() string {
 
 // validate checks that f can be a key.
 func (f Flow) validate() error {
-	src, dst := f.Src.Addr(), f.Dst.Addr()
+	src, dst := f.Src.Addr().Unmap(), f.Dst.Addr().Unmap()
 	if !src.IsValid() || !dst.IsValid() {
 		return fmt.Errorf("flow %v: source and destination addresses must be set", f)
 	}

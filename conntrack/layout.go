@@ -58,7 +58,9 @@ const (
 // key returns the map key of a flow in the direction given.
 func (f Flow) key() ctTuple {
 	var k ctTuple
-	src, dst := f.Src.Addr(), f.Dst.Addr()
+	// IPv4-mapped IPv6 addresses (what net.TCPAddr.AddrPort gives for an IPv4
+	// socket) are IPv4 on the wire.
+	src, dst := f.Src.Addr().Unmap(), f.Dst.Addr().Unmap()
 	k.Family = 6
 	if src.Is4() {
 		k.Family = 4

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -34,6 +35,7 @@ type Table struct {
 // (creating and pinning what is missing). On error nothing it created is left
 // behind.
 func New(cfg Config) (*Table, error) {
+	timeouts := cfg.Timeouts // zero fields: what the pinned table has, else the defaults
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -97,10 +99,34 @@ func New(cfg Config) (*Table, error) {
 			t.stats = m
 		}
 	}
-	if err := t.SetTimeouts(cfg.Timeouts); err != nil {
+	// A reopened table keeps its stored timeouts where cfg leaves them zero.
+	var stored ctConfig
+	if err := t.config.Lookup(uint32(0), &stored); err != nil {
+		return fail(fmt.Errorf("conntrack: read timeouts: %w", err))
+	}
+	if err := t.SetTimeouts(mergeTimeouts(timeouts, stored)); err != nil {
 		return fail(err)
 	}
 	return t, nil
+}
+
+// mergeTimeouts fills the zero fields of want from stored (nanoseconds, 0 for
+// unset), before the defaults fill the rest.
+func mergeTimeouts(want Timeouts, stored ctConfig) Timeouts {
+	for _, f := range []struct {
+		v      *time.Duration
+		stored uint64
+	}{
+		{&want.TCPEstablished, stored.TCPEstablished},
+		{&want.TCPSyn, stored.TCPSyn},
+		{&want.TCPClosing, stored.TCPClosing},
+		{&want.NonTCP, stored.NonTCP},
+	} {
+		if *f.v == 0 {
+			*f.v = time.Duration(f.stored)
+		}
+	}
+	return want
 }
 
 // Open opens a table pinned in dir by New with Config.PinPath, checking that

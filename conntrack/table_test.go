@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/netblocks/netblocks/internal/testutil"
 )
 
 func TestConfigErrors(t *testing.T) {
@@ -218,5 +220,55 @@ func TestEntryString(t *testing.T) {
 	}
 	if got := Flags(0x30).String(); got != "[ 0x30 ]" {
 		t.Errorf("unknown flags print %q", got)
+	}
+}
+
+// TestNewReopenKeepsTimeouts checks that New on a pinned table keeps the
+// stored timeouts where its Config leaves them zero.
+func TestNewReopenKeepsTimeouts(t *testing.T) {
+	dir := testutil.TempBPFFS(t) + "/ct"
+	first, err := New(Config{PinPath: dir, MaxEntries: 64, Timeouts: Timeouts{NonTCP: 5 * time.Second, TCPSyn: 9 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	again, err := New(Config{PinPath: dir, Timeouts: Timeouts{TCPSyn: 11 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	want := Timeouts{TCPEstablished: DefaultTCPEstablished, TCPSyn: 11 * time.Second, TCPClosing: DefaultTCPClosing, NonTCP: 5 * time.Second}
+	if got := again.Timeouts(); got != want || again.MaxEntries() != 64 {
+		t.Errorf("reopened with %d entries and %+v, want 64 and %+v", again.MaxEntries(), got, want)
+	}
+	opened, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer opened.Close()
+	if got := opened.Timeouts(); got != want {
+		t.Errorf("Open reads %+v, want %+v", got, want)
+	}
+}
+
+// TestLookupMapped checks that IPv4-mapped IPv6 addresses find IPv4 flows.
+func TestLookupMapped(t *testing.T) {
+	h := newHarness(t, Config{MaxEntries: 64})
+	flows := putFlows(t, h.Table, 1, func(int) uint64 { return 1 })
+	f := flows[0]
+	mapped := Flow{
+		Src:   netip.AddrPortFrom(netip.AddrFrom16(f.Src.Addr().As16()), f.Src.Port()),
+		Dst:   netip.AddrPortFrom(netip.AddrFrom16(f.Dst.Addr().As16()), f.Dst.Port()),
+		Proto: f.Proto,
+	}
+	if !mapped.Src.Addr().Is4In6() {
+		t.Fatalf("%v is not IPv4-mapped", mapped.Src)
+	}
+	e, err := h.Lookup(mapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Flow != f {
+		t.Errorf("found %v, want %v", e.Flow, f)
 	}
 }
