@@ -90,14 +90,7 @@ func New(cfg Config) (*Table, error) {
 		if err != nil {
 			return fail(fmt.Errorf("conntrack: create map %s: %w", name, kernelError(err, kernel.LRUHash)))
 		}
-		switch name {
-		case mapCT:
-			t.ct = m
-		case mapConfig:
-			t.config = m
-		case mapStats:
-			t.stats = m
-		}
+		*t.mapField(name) = m
 	}
 	// A reopened table keeps its stored timeouts where cfg leaves them zero.
 	var stored ctConfig
@@ -154,14 +147,7 @@ func Open(dir string) (*Table, error) {
 			return nil, fmt.Errorf("conntrack: map pinned at %s is %s with key %d and value %d bytes, want %s with %d and %d: %w",
 				path, m.Type(), m.KeySize(), m.ValueSize(), ms.Type, ms.KeySize, ms.ValueSize, ebpf.ErrMapIncompatible)
 		}
-		switch name {
-		case mapCT:
-			t.ct = m
-		case mapConfig:
-			t.config = m
-		case mapStats:
-			t.stats = m
-		}
+		*t.mapField(name) = m
 	}
 	var c ctConfig
 	if err := t.config.Lookup(uint32(0), &c); err != nil {
@@ -174,6 +160,17 @@ func Open(dir string) (*Table, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// mapField returns the field that holds the map called name.
+func (t *Table) mapField(name string) **ebpf.Map {
+	switch name {
+	case mapCT:
+		return &t.ct
+	case mapConfig:
+		return &t.config
+	}
+	return &t.stats
 }
 
 // MaxEntries is the table's size.
@@ -203,7 +200,8 @@ func (t *Table) SetTimeouts(to Timeouts) error {
 // table.
 func (t *Table) MapReplacements(spec *ebpf.CollectionSpec) (map[string]*ebpf.Map, error) {
 	repl := map[string]*ebpf.Map{}
-	for name, m := range map[string]*ebpf.Map{mapCT: t.ct, mapConfig: t.config, mapStats: t.stats} {
+	for _, name := range mapNames {
+		m := *t.mapField(name)
 		ms, ok := spec.Maps[name]
 		if !ok {
 			return nil, fmt.Errorf("conntrack: collection has no map %s: does it include conntrack.h?", name)
@@ -220,7 +218,8 @@ func (t *Table) Pin(dir string) error {
 		return fmt.Errorf("conntrack: create pin directory: %w", err)
 	}
 	var done []*ebpf.Map
-	for name, m := range map[string]*ebpf.Map{mapCT: t.ct, mapConfig: t.config, mapStats: t.stats} {
+	for _, name := range mapNames {
+		m := *t.mapField(name)
 		if err := m.Pin(filepath.Join(dir, name)); err != nil {
 			for _, d := range done {
 				d.Unpin()
@@ -237,8 +236,8 @@ func (t *Table) Pin(dir string) error {
 // attached program, still uses them.
 func (t *Table) Unpin() error {
 	var errs []error
-	for name, m := range map[string]*ebpf.Map{mapCT: t.ct, mapConfig: t.config, mapStats: t.stats} {
-		if err := m.Unpin(); err != nil {
+	for _, name := range mapNames {
+		if err := (*t.mapField(name)).Unpin(); err != nil {
 			errs = append(errs, fmt.Errorf("conntrack: unpin %s: %w", name, err))
 		}
 	}

@@ -117,6 +117,13 @@ static __always_inline void nb_frame_xdp(struct nb_frame *f, struct xdp_md *ctx)
 	f->data_end = (void *)(long)NB_READ_CTX(ctx, data_end);
 }
 
+/* nb_frame_skb_linear points f at the linear part of a tc frame, as it is. */
+static __always_inline void nb_frame_skb_linear(struct nb_frame *f, struct __sk_buff *skb)
+{
+	f->data = (void *)(long)NB_READ_CTX(skb, data);
+	f->data_end = (void *)(long)NB_READ_CTX(skb, data_end);
+}
+
 /*
  * nb_frame_skb points f at a tc frame, first making up to want bytes (at most
  * NB_PULL_LEN, at most the packet) linear and writable, because tc may see
@@ -131,14 +138,12 @@ static __always_inline int nb_frame_skb(struct nb_frame *f, struct __sk_buff *sk
 		want = NB_PULL_LEN;
 	if (want > len)
 		want = len;
-	f->data = (void *)(long)NB_READ_CTX(skb, data);
-	f->data_end = (void *)(long)NB_READ_CTX(skb, data_end);
+	nb_frame_skb_linear(f, skb);
 	if (f->data + want <= f->data_end)
 		return 0;
 	if (bpf_skb_pull_data(skb, want) < 0)
 		return -1;
-	f->data = (void *)(long)NB_READ_CTX(skb, data);
-	f->data_end = (void *)(long)NB_READ_CTX(skb, data_end);
+	nb_frame_skb_linear(f, skb);
 	return 0;
 }
 
@@ -433,8 +438,7 @@ __attribute__((noinline)) int nb_parse_l3_skb(struct __sk_buff *skb, struct nb_p
 
 	if (!p)
 		return NB_ERR_MALFORMED;
-	f.data = (void *)(long)NB_READ_CTX(skb, data);
-	f.data_end = (void *)(long)NB_READ_CTX(skb, data_end);
+	nb_frame_skb_linear(&f, skb);
 	return nb_parse_l3(&f, p, flags);
 }
 
@@ -463,8 +467,7 @@ __attribute__((noinline)) int nb_parse_skb(struct __sk_buff *skb, struct nb_pkt 
 
 	if (!p)
 		return NB_ERR_MALFORMED;
-	f.data = (void *)(long)NB_READ_CTX(skb, data);
-	f.data_end = (void *)(long)NB_READ_CTX(skb, data_end);
+	nb_frame_skb_linear(&f, skb);
 	__builtin_memset(p, 0, sizeof(*p));
 	err = nb_parse_eth(&f, p);
 	if (!err)
@@ -540,8 +543,7 @@ __attribute__((noinline)) int nb_parse_ip_skb(struct __sk_buff *skb, struct nb_p
 
 	if (!p)
 		return NB_ERR_MALFORMED;
-	f.data = (void *)(long)NB_READ_CTX(skb, data);
-	f.data_end = (void *)(long)NB_READ_CTX(skb, data_end);
+	nb_frame_skb_linear(&f, skb);
 	err = nb_parse_ip_begin(&f, p, off);
 	if (!err)
 		err = nb_parse_l3_skb(skb, p, flags);
