@@ -118,9 +118,10 @@ const (
 	FlagTxClosing  Flags = 1 << 1 // FIN or RST seen in the Tx direction
 	FlagSeenNonSyn Flags = 1 << 2 // a TCP packet without SYN was seen
 	FlagSeenReply  Flags = 1 << 3 // a packet in the reply direction was seen
+	FlagService    Flags = 1 << 4 // a load balancer's client -> service entry; User holds the backend
 )
 
-var flagNames = [...]string{"RxClosing", "TxClosing", "SeenNonSyn", "SeenReply"}
+var flagNames = [...]string{"RxClosing", "TxClosing", "SeenNonSyn", "SeenReply", "Service"}
 
 // String lists the flags set, as "[ RxClosing TxClosing ]".
 func (f Flags) String() string {

@@ -218,7 +218,7 @@ func TestEntryString(t *testing.T) {
 	if got := e.String(); got != want {
 		t.Errorf("\n got  %s\n want %s", got, want)
 	}
-	if got := Flags(0x30).String(); got != "[ 0x30 ]" {
+	if got := Flags(0x60).String(); got != "[ 0x60 ]" {
 		t.Errorf("unknown flags print %q", got)
 	}
 }

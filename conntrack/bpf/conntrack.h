@@ -59,6 +59,7 @@ enum {
 	CT_F_TX_CLOSING = 1 << 1,	/* FIN or RST seen in the Tx direction */
 	CT_F_SEEN_NON_SYN = 1 << 2,	/* a TCP packet without SYN was seen */
 	CT_F_SEEN_REPLY = 1 << 3,	/* a packet in the reply direction was seen */
+	CT_F_SERVICE = 1 << 4,		/* a load balancer's client -> service entry (user holds the backend) */
 };
 
 /* What ct_process found (its return value). */
@@ -137,6 +138,7 @@ struct {
 struct ct_create_opts {
 	__u16 rev_nat;
 	__u32 user;
+	__u32 flags;	/* CT_F_* to set from the start, e.g. CT_F_SERVICE */
 };
 
 static __always_inline void ct_count(__u32 stat)
@@ -315,12 +317,13 @@ static __always_inline int ct_create(const struct ct_tuple *t, __u8 dir, __u8 tc
 
 	e.dir = dir;
 	e.created = now;
+	/* The first packet always travels the flow's own direction: Rx for IN, Tx for OUT. */
+	e.flags = ct_flags_for(t->proto, tcp_flags, dir == CT_DIR_IN, 0);
 	if (opts) {
 		e.rev_nat = opts->rev_nat;
 		e.user = opts->user;
+		e.flags |= opts->flags;
 	}
-	/* The first packet always travels the flow's own direction: Rx for IN, Tx for OUT. */
-	e.flags = ct_flags_for(t->proto, tcp_flags, dir == CT_DIR_IN, 0);
 	if (dir == CT_DIR_IN) {
 		e.rx_packets = 1;
 		e.rx_bytes = len;

@@ -1,0 +1,81 @@
+package lbmap
+
+import (
+	"fmt"
+	"time"
+)
+
+// Defaults of Config.
+const (
+	DefaultMaxServices     = 65536
+	DefaultMaxBackends     = 65536
+	DefaultMaxSlots        = 1 << 20
+	DefaultMaxAffinity     = 65536
+	DefaultMaxSourceRanges = 4096
+	DefaultGracePeriod     = time.Second
+)
+
+// Config configures a Table. The zero value works: the defaults below.
+type Config struct {
+	// MaxServices is the size of the service map: one entry per service, two
+	// for a non-ClusterIP service with traffic policy Local. Default 65536; at
+	// most 65535 services (rev-NAT indexes are 16 bits).
+	MaxServices int
+	// MaxBackends is how many distinct backends (address, port, protocol) the
+	// table holds; a backend shared by several services counts once. Default
+	// 65536.
+	MaxBackends int
+	// MaxSlots bounds the backend-set slots of all services together: a
+	// random service takes one slot per unit of weight (after dividing the
+	// weights by their greatest common divisor), a Maglev service its table
+	// size. Allocated as used. Default 1<<20.
+	MaxSlots int
+	// MaxAffinity is the size of the session-affinity LRU map. Default 65536.
+	MaxAffinity int
+	// MaxSourceRanges bounds the source-range prefixes of all services.
+	// Default 4096.
+	MaxSourceRanges int
+	// MaglevTableSize is the Maglev table size of services that do not set
+	// their own; a prime from 251 to 131071, default 16381.
+	MaglevTableSize int
+	// GracePeriod is how long a replaced backend set, a removed backend and
+	// a freed rev-NAT index stay in the maps after nothing refers to them, so
+	// that a packet that read the old state while the update happened never
+	// finds it freed. They are deleted by a later Upsert, Delete or Reconcile.
+	// Default 1 s.
+	GracePeriod time.Duration
+}
+
+func (c Config) withDefaults() (Config, error) {
+	for _, f := range []struct {
+		name     string
+		v        *int
+		def, max int
+	}{
+		{"MaxServices", &c.MaxServices, DefaultMaxServices, 1 << 20},
+		{"MaxBackends", &c.MaxBackends, DefaultMaxBackends, 1 << 24},
+		{"MaxSlots", &c.MaxSlots, DefaultMaxSlots, 1 << 26},
+		{"MaxAffinity", &c.MaxAffinity, DefaultMaxAffinity, 1 << 24},
+		{"MaxSourceRanges", &c.MaxSourceRanges, DefaultMaxSourceRanges, 1 << 20},
+		{"MaglevTableSize", &c.MaglevTableSize, DefaultMaglevTableSize, MaglevMaxTableSize},
+	} {
+		switch {
+		case *f.v < 0:
+			return c, fmt.Errorf("lbmap: %s %d is negative", f.name, *f.v)
+		case *f.v > f.max:
+			return c, fmt.Errorf("lbmap: %s %d is over the limit of %d", f.name, *f.v, f.max)
+		case *f.v == 0:
+			*f.v = f.def
+		}
+	}
+	if err := ValidMaglevTableSize(c.MaglevTableSize); err != nil {
+		return c, fmt.Errorf("lbmap: Config.MaglevTableSize: %w", err)
+	}
+	if c.GracePeriod < 0 {
+		return c, fmt.Errorf("lbmap: GracePeriod %v is negative", c.GracePeriod)
+	}
+	if c.GracePeriod == 0 {
+		c.GracePeriod = DefaultGracePeriod
+	}
+	return c, nil
+}

@@ -1,0 +1,103 @@
+package lbmap
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// Go mirrors of the C structs in bpf/lb.h; TestLayout checks them against BTF.
+
+type lbSvcKey struct {
+	Addr   [16]byte
+	Port   [2]byte // network order
+	Proto  uint8
+	Family uint8
+	Scope  uint8
+	Pad    [3]byte
+}
+
+type lbSvc struct {
+	SetID           uint32 `btf:"set_id"`
+	Count           uint32
+	MaglevSize      uint32
+	AffinityTimeout uint32
+	RevNAT          uint16 `btf:"rev_nat"`
+	Type            uint8
+	Flags           uint8
+}
+
+type lbSlotKey struct {
+	SetID uint32 `btf:"set_id"`
+	Slot  uint32
+}
+
+type lbBackend struct {
+	Addr   [16]byte
+	Port   [2]byte
+	Family uint8
+	State  uint8
+}
+
+type lbRevNAT struct {
+	Addr   [16]byte
+	Port   [2]byte
+	Family uint8
+	Pad    uint8
+}
+
+type lbSrcRangeKey struct {
+	Prefixlen uint32
+	RevNAT    [2]byte `btf:"rev_nat"` // network order
+	Family    uint8
+	Pad       uint8
+	Addr      [16]byte
+}
+
+// Values of lb.h's enums.
+const (
+	scopeInternal = 0
+	scopeExternal = 1
+
+	flagSourceRanges = 1 << 0
+	flagLocal        = 1 << 1
+)
+
+// Indexes of nb_lb_stats.
+const (
+	statDNAT            = 0
+	statRevNAT          = 1
+	statRevNATICMP      = 2
+	statDropNoBackend   = 3
+	statDropSourceRange = 4
+	statSockTranslate   = 5
+	statReselect        = 6
+)
+
+func addr16(a netip.Addr) (b [16]byte, family uint8) {
+	if a.Is4() {
+		v := a.As4()
+		copy(b[:], v[:])
+		return b, 4
+	}
+	return a.As16(), 6
+}
+
+func be16(v uint16) (b [2]byte) {
+	binary.BigEndian.PutUint16(b[:], v)
+	return b
+}
+
+func svcKey(k ServiceKey, scope uint8) lbSvcKey {
+	a, fam := addr16(k.Frontend.Addr())
+	return lbSvcKey{Addr: a, Port: be16(k.Frontend.Port()), Proto: uint8(k.Protocol), Family: fam, Scope: scope}
+}
+
+func backendValue(b Backend) lbBackend {
+	a, fam := addr16(b.Addr.Addr())
+	return lbBackend{Addr: a, Port: be16(b.Addr.Port()), Family: fam, State: uint8(b.State)}
+}
+
+func srcRangeKey(revNAT uint16, p netip.Prefix) lbSrcRangeKey {
+	a, fam := addr16(p.Addr())
+	return lbSrcRangeKey{Prefixlen: uint32(32 + p.Bits()), RevNAT: be16(revNAT), Family: fam, Addr: a}
+}
