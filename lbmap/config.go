@@ -69,7 +69,7 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	if err := ValidMaglevTableSize(c.MaglevTableSize); err != nil {
-		return c, fmt.Errorf("lbmap: Config.MaglevTableSize: %w", err)
+		return c, err // names the size and the rule it breaks
 	}
 	if c.GracePeriod < 0 {
 		return c, fmt.Errorf("lbmap: GracePeriod %v is negative", c.GracePeriod)

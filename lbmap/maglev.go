@@ -126,12 +126,14 @@ type maglevClock struct {
 }
 
 // before reports whether a takes its turn before b: the earlier virtual
-// time, compared as turns_a*weight_b < turns_b*weight_a so no division or
-// rounding is involved (turns <= 2^17 and weight < 2^16: the products fit),
-// and on a tie the lower rank.
+// time, and on a tie the lower rank. Times are compared as turns_a*weight_b <
+// turns_b*weight_a, so no division or rounding is involved; turns <= 2^17 and
+// weight < 2^16, so a product fits in 33 bits, and the rank (< 2^17) fits
+// below it to make one comparison of the two.
 func (a maglevClock) before(b maglevClock) bool {
-	x, y := uint64(a.turns)*uint64(b.weight), uint64(b.turns)*uint64(a.weight)
-	return x < y || x == y && a.rank < b.rank
+	x := uint64(a.turns)*uint64(b.weight)<<17 | uint64(a.rank)
+	y := uint64(b.turns)*uint64(a.weight)<<17 | uint64(b.rank)
+	return x < y
 }
 
 // maglevTable returns a Maglev lookup table of m slots (m valid per
@@ -149,19 +151,21 @@ func (a maglevClock) before(b maglevClock) bool {
 // + 1, where h1 and h2 are the two halves of MurmurHash3 x64_128 of Key with
 // seed 0 (see maglevHash). Backends take turns, each claiming its most
 // preferred slot that is still free, until all m slots are taken. Each
-// permutation is walked lazily, so the cost is the m slots plus one pair of
-// words per backend, not the m-by-n matrix of precomputed permutations.
+// permutation is walked lazily, so the memory needed is the table, a bitmap
+// of m bits and a few words per backend, not the m-by-n matrix of
+// precomputed permutations.
 //
 // # Weights
 //
 // Weight decides how often a backend gets a turn, as Cilium does (after
 // Envoy's weighted Maglev): after t turns a backend has earned its next one
 // at virtual time t/Weight, and the backend with the earliest virtual time
-// goes next. Every backend takes its first turn at time 0, so each gets at
-// least one slot; after that, backend b's share of the slots tracks
-// m*Weight_b/sum(Weight) to within about one slot per backend. Equal weights
-// reduce to the paper's plain round robin in Key order, and scaling every
-// weight by the same factor leaves the table unchanged.
+// goes next. Backend b's share of the slots then tracks m*Weight_b/sum(Weight)
+// to within a slot or two. Every backend takes its first turn at time 0, so
+// each gets at least one slot even if its share is below one; those slots
+// come out of the others' shares. Equal weights reduce to the paper's plain
+// round robin in Key order, and scaling every weight by the same factor
+// leaves the table unchanged.
 func maglevTable(backends []maglevBackend, m int) ([]uint32, error) {
 	if err := ValidMaglevTableSize(m); err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -199,7 +200,7 @@ func (s Service) normalize(defaultM int) (Service, error) {
 			out.MaglevTableSize = defaultM
 		}
 		if err := ValidMaglevTableSize(out.MaglevTableSize); err != nil {
-			return fail("%w", err)
+			return fail("%s", strings.TrimPrefix(err.Error(), "lbmap: "))
 		}
 	} else if s.MaglevTableSize != 0 {
 		return fail("a Maglev table size without the Maglev algorithm")
