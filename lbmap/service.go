@@ -255,13 +255,6 @@ func (s Service) normalize(defaultM int) (Service, error) {
 	return out, nil
 }
 
-// equal reports whether two normalized services are the same.
-func (s Service) equal(o Service) bool {
-	return s.Frontend == o.Frontend && s.Protocol == o.Protocol && s.Type == o.Type && s.Algorithm == o.Algorithm &&
-		s.MaglevTableSize == o.MaglevTableSize && s.Affinity == o.Affinity && s.TrafficPolicy == o.TrafficPolicy &&
-		slices.Equal(s.Backends, o.Backends) && slices.Equal(s.SourceRanges, o.SourceRanges)
-}
-
 // usable returns the backends that take new connections: active ones with
 // weight, or if there are none, terminating ones with weight. With localOnly,
 // only NodeLocal ones count.
@@ -282,4 +275,20 @@ func (s Service) usable(localOnly bool) []Backend {
 		return active
 	}
 	return terminating
+}
+
+// clone returns a copy of s that shares no slices with it.
+func (s Service) clone() Service {
+	s.Backends = slices.Clone(s.Backends)
+	s.SourceRanges = slices.Clone(s.SourceRanges)
+	return s
+}
+
+// same reports whether s and o are the same field by field, slices in order:
+// on normalized services that is equality; on raw input it recognises a
+// service given again unchanged, without normalizing it.
+func (s Service) same(o Service) bool {
+	return s.Frontend == o.Frontend && s.Protocol == o.Protocol && s.Type == o.Type && s.Algorithm == o.Algorithm &&
+		s.MaglevTableSize == o.MaglevTableSize && s.Affinity == o.Affinity && s.TrafficPolicy == o.TrafficPolicy &&
+		slices.Equal(s.Backends, o.Backends) && slices.Equal(s.SourceRanges, o.SourceRanges)
 }

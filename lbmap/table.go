@@ -49,6 +49,7 @@ type Table struct {
 // svcState is what the Table wrote for one service.
 type svcState struct {
 	svc      Service // normalized
+	raw      Service // as last given, to recognise an unchanged service without normalizing it
 	revNAT   uint16
 	internal setRef
 	external setRef // only for traffic policy Local on a non-ClusterIP service
@@ -165,10 +166,15 @@ func (t *Table) Upsert(s Service) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if old, ok := t.services[n.Key()]; ok && old.svc.equal(n) {
+	if old, ok := t.services[n.Key()]; ok && old.svc.same(n) {
+		old.raw = s.clone()
 		return nil
 	}
-	return t.apply([]Service{n}, nil)
+	if err := t.apply([]Service{n}, nil); err != nil {
+		return err
+	}
+	t.services[n.Key()].raw = s.clone()
+	return nil
 }
 
 // Delete removes the service with key k. It returns an error wrapping
@@ -211,35 +217,41 @@ type ReconcileResult struct {
 // operations. Every service is validated first; if any is invalid, or two
 // share a key, nothing changes.
 func (t *Table) Reconcile(desired []Service) (ReconcileResult, error) {
-	var res ReconcileResult
-	norm := make([]Service, 0, len(desired))
+	var (
+		res     ReconcileResult
+		upserts []Service
+		raws    []Service
+	)
 	seen := make(map[ServiceKey]bool, len(desired))
-	for _, s := range desired {
-		n, err := s.normalize(t.cfg.MaglevTableSize)
-		if err != nil {
-			return res, err
-		}
-		if seen[n.Key()] {
-			return res, fmt.Errorf("lbmap: reconcile: service %v is listed twice", n.Key())
-		}
-		seen[n.Key()] = true
-		norm = append(norm, n)
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var upserts []Service
-	for _, n := range norm {
-		old, ok := t.services[n.Key()]
+	for _, s := range desired {
+		k := ServiceKey{Frontend: netip.AddrPortFrom(s.Frontend.Addr().Unmap(), s.Frontend.Port()), Protocol: s.Protocol}
+		if seen[k] {
+			return ReconcileResult{}, fmt.Errorf("lbmap: reconcile: service %v is listed twice", k)
+		}
+		seen[k] = true
+		old, ok := t.services[k]
+		if ok && old.raw.same(s) {
+			res.Unchanged++ // validated when it was written
+			continue
+		}
+		n, err := s.normalize(t.cfg.MaglevTableSize)
+		if err != nil {
+			return ReconcileResult{}, err
+		}
 		switch {
 		case !ok:
 			res.Added++
-			upserts = append(upserts, n)
-		case !old.svc.equal(n):
-			res.Updated++
-			upserts = append(upserts, n)
-		default:
+		case old.svc.same(n):
 			res.Unchanged++
+			old.raw = s.clone()
+			continue
+		default:
+			res.Updated++
 		}
+		upserts = append(upserts, n)
+		raws = append(raws, s)
 	}
 	var deletes []ServiceKey
 	for k := range t.services {
@@ -254,6 +266,9 @@ func (t *Table) Reconcile(desired []Service) (ReconcileResult, error) {
 	}
 	if err := t.apply(upserts, deletes); err != nil {
 		return ReconcileResult{}, err
+	}
+	for i, n := range upserts {
+		t.services[n.Key()].raw = raws[i].clone()
 	}
 	return res, nil
 }
