@@ -302,11 +302,11 @@ func (k backendKey) String() string { return k.addr.String() + "/" + k.proto.Str
 
 // value is the service-map value of a state (the external scope's if external).
 func (st *svcState) value(external bool) lbSvc {
-	set := st.internal
+	set, scope := st.internal, uint8(scopeInternal)
 	if external {
-		set = st.external
+		set, scope = st.external, scopeExternal
 	}
-	v := lbSvc{SetID: set.id, Count: set.count, MaglevSize: set.maglev,
+	v := lbSvcInfo{SetID: set.id, Count: set.count, MaglevSize: set.maglev,
 		AffinityTimeout: uint32(st.svc.Affinity / time.Second), RevNAT: st.revNAT, Type: uint8(st.svc.Type)}
 	if len(st.svc.SourceRanges) > 0 {
 		v.Flags |= flagSourceRanges
@@ -314,7 +314,7 @@ func (st *svcState) value(external bool) lbSvc {
 	if st.svc.TrafficPolicy == Local {
 		v.Flags |= flagLocal
 	}
-	return v
+	return lbSvc{Info: v, Key: svcKey(st.svc.Key(), scope)}
 }
 
 func (p *plan) checkCapacity() error {
@@ -371,11 +371,14 @@ func (p *plan) write() (err error) {
 	}
 	undo = append(undo, func() { deletePrefix(m[mapSrcRange], p.srcK, len(p.srcK)) })
 	if len(p.svcK) > 0 {
-		done, err := m[mapSvc].BatchUpdate(p.svcK, p.svcV, nil)
+		// BPF_F_LOCK updates an existing entry in place, under its lock, instead
+		// of swapping in a new element and recycling the old one while a packet
+		// may still read it (see lb.h). New keys are inserted as usual.
+		done, err := m[mapSvc].BatchUpdate(p.svcK, p.svcV, &ebpf.BatchOptions{ElemFlags: uint64(ebpf.UpdateLock)})
 		undo = append(undo, func() {
 			for i := range done {
 				if p.svcOld[i] != nil {
-					m[mapSvc].Put(&p.svcK[i], p.svcOld[i])
+					m[mapSvc].Update(&p.svcK[i], p.svcOld[i], ebpf.UpdateLock)
 				} else {
 					m[mapSvc].Delete(&p.svcK[i])
 				}
@@ -389,7 +392,7 @@ func (p *plan) write() (err error) {
 		done, err := m[mapSvc].BatchDelete(p.delK, nil)
 		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			for i := range done {
-				m[mapSvc].Put(&p.delK[i], &p.delOld[i])
+				m[mapSvc].Update(&p.delK[i], &p.delOld[i], ebpf.UpdateLock)
 			}
 			return fmt.Errorf("lbmap: delete from %s: %w", mapSvc, err)
 		}

@@ -16,7 +16,7 @@ type lbSvcKey struct {
 	Pad    [3]byte
 }
 
-type lbSvc struct {
+type lbSvcInfo struct {
 	SetID           uint32 `btf:"set_id"`
 	Count           uint32
 	MaglevSize      uint32
@@ -24,6 +24,15 @@ type lbSvc struct {
 	RevNAT          uint16 `btf:"rev_nat"`
 	Type            uint8
 	Flags           uint8
+}
+
+// lbSvc is a service entry: written with BPF_F_LOCK, which updates an
+// existing entry in place under its lock (the kernel owns Lock), and carrying
+// its own key (see lb.h).
+type lbSvc struct {
+	Lock uint32
+	Info lbSvcInfo
+	Key  lbSvcKey
 }
 
 type lbSlotKey struct {

@@ -121,14 +121,22 @@ type lbLbSrcRangeKey struct {
 }
 
 type lbLbSvc struct {
-	_               structs.HostLayout
-	SetId           uint32
-	Count           uint32
-	MaglevSize      uint32
-	AffinityTimeout uint32
-	RevNat          uint16
-	Type            uint8
-	Flags           uint8
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Info struct {
+		_               structs.HostLayout
+		SetId           uint32
+		Count           uint32
+		MaglevSize      uint32
+		AffinityTimeout uint32
+		RevNat          uint16
+		Type            uint8
+		Flags           uint8
+	}
+	Key lbLbSvcKey
 }
 
 type lbLbSvcKey struct {

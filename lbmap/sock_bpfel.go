@@ -89,14 +89,22 @@ type sockLbSrcRangeKey struct {
 }
 
 type sockLbSvc struct {
-	_               structs.HostLayout
-	SetId           uint32
-	Count           uint32
-	MaglevSize      uint32
-	AffinityTimeout uint32
-	RevNat          uint16
-	Type            uint8
-	Flags           uint8
+	_    structs.HostLayout
+	Lock struct {
+		_   structs.HostLayout
+		Val uint32
+	}
+	Info struct {
+		_               structs.HostLayout
+		SetId           uint32
+		Count           uint32
+		MaglevSize      uint32
+		AffinityTimeout uint32
+		RevNat          uint16
+		Type            uint8
+		Flags           uint8
+	}
+	Key sockLbSvcKey
 }
 
 type sockLbSvcKey struct {

@@ -19,7 +19,7 @@ func TestLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, v := range map[string]any{
-		"lb_svc_key": lbSvcKey{}, "lb_svc": lbSvc{}, "lb_slot_key": lbSlotKey{}, "lb_backend": lbBackend{},
+		"lb_svc_key": lbSvcKey{}, "lb_svc": lbSvc{}, "lb_svc_info": lbSvcInfo{}, "lb_slot_key": lbSlotKey{}, "lb_backend": lbBackend{},
 		"lb_revnat": lbRevNAT{}, "lb_src_range_key": lbSrcRangeKey{},
 	} {
 		testutil.RequireLayout(t, spec.Types, name, v)
@@ -228,7 +228,7 @@ func TestFailedWriteUndoes(t *testing.T) {
 	}
 	// Fill the service map behind the Table's back, so the write itself fails.
 	intruder := svcKey(ServiceKey{Frontend: netip.MustParseAddrPort("10.96.3.1:1"), Protocol: TCP}, scopeInternal)
-	if err := h.maps[mapSvc].Put(&intruder, &lbSvc{}); err != nil {
+	if err := h.maps[mapSvc].Put(&intruder, &lbSvc{Key: intruder}); err != nil {
 		t.Fatal(err)
 	}
 	before = snapshot(t, h.Table)

@@ -43,7 +43,7 @@ int nb_lb_from_client(struct __sk_buff *skb)
 	struct ct_tuple t;
 	struct nb_frame f;
 	struct nb_pkt p = {};
-	struct lb_svc *svc;
+	struct lb_svc_info svc;
 	union nb_addr baddr;
 	__be16 bport;
 	__u32 id, len;
@@ -56,15 +56,14 @@ int nb_lb_from_client(struct __sk_buff *skb)
 	    (p.l4_proto != IPPROTO_TCP && p.l4_proto != IPPROTO_UDP))
 		return TC_ACT_UNSPEC;
 	family = p.l3_proto == ETH_P_IPV6 ? 6 : 4;
-	svc = lb_lookup_service(&p.daddr, p.dport, p.l4_proto, family);
-	if (!svc)
+	if (!lb_lookup_service(&p.daddr, p.dport, p.l4_proto, family, &svc))
 		return TC_ACT_UNSPEC; /* not a service: not ours */
-	if (!lb_source_allowed(svc, &p.saddr, family)) {
+	if (!lb_source_allowed(&svc, &p.saddr, family)) {
 		lb_count(LB_STAT_DROP_SOURCE_RANGE);
 		return TC_ACT_SHOT;
 	}
 	len = NB_READ_CTX(skb, len);
-	opts.rev_nat = svc->rev_nat;
+	opts.rev_nat = svc.rev_nat;
 
 	/* The client -> frontend entry remembers the connection's backend. */
 	if (ct_tuple_from_pkt(&p, &t))
@@ -75,7 +74,7 @@ int nb_lb_from_client(struct __sk_buff *skb)
 	} else {
 		if (svc_entry)
 			lb_count(LB_STAT_RESELECT);
-		id = lb_select(svc, &p.saddr, family, lb_hash(&p.saddr, &p.daddr, p.sport, p.dport, p.l4_proto), &b);
+		id = lb_select(&svc, &p.saddr, family, lb_hash(&p.saddr, &p.daddr, p.sport, p.dport, p.l4_proto), &b);
 		if (!id || !b) {
 			lb_count(LB_STAT_DROP_NO_BACKEND);
 			return TC_ACT_SHOT;
@@ -96,8 +95,8 @@ int nb_lb_from_client(struct __sk_buff *skb)
 	t.dport = bport;
 	e = ct_lookup(&t, &reply);
 	if (e && !reply) {
-		if (e->rev_nat != svc->rev_nat)
-			e->rev_nat = svc->rev_nat;
+		if (e->rev_nat != svc.rev_nat)
+			e->rev_nat = svc.rev_nat;
 		ct_account(e, p.l4_proto, p.tcp_flags, len, 0, bpf_ktime_get_ns());
 	} else {
 		opts.flags = 0;

@@ -16,7 +16,7 @@
 
 #include "nb_parse.h"
 
-/* Service types (struct lb_svc.type). */
+/* Service types (struct lb_svc_info.type). */
 enum {
 	LB_TYPE_CLUSTER_IP = 0,
 	LB_TYPE_NODE_PORT = 1,
@@ -30,7 +30,7 @@ enum {
 	LB_SCOPE_EXTERNAL = 1,
 };
 
-/* Service flags (struct lb_svc.flags). */
+/* Service flags (struct lb_svc_info.flags). */
 enum {
 	LB_F_SOURCE_RANGES = 1 << 0,	/* only clients in nb_lb_src_range may use it */
 	LB_F_LOCAL = 1 << 1,		/* traffic policy Local */
@@ -57,7 +57,8 @@ struct lb_svc_key {
 	__u8 pad[3];
 };
 
-struct lb_svc {
+/* What a service entry says; programs work on a copy (lb_lookup_service). */
+struct lb_svc_info {
 	__u32 set_id;		/* backend set in nb_lb_slots */
 	__u32 count;		/* slots of the set (random); 0: no usable backend */
 	__u32 maglev_size;	/* 0: random selection; else Maglev, with this many slots */
@@ -65,6 +66,21 @@ struct lb_svc {
 	__u16 rev_nat;		/* rev-NAT index */
 	__u8 type;		/* LB_TYPE_* */
 	__u8 flags;		/* LB_F_* */
+};
+
+/*
+ * A service entry. A hash map update normally swaps in a new element and
+ * recycles the old one at once, so a packet that looked the service up just
+ * before could read another service's entry. So the Go side updates existing
+ * entries in place under the lock (BPF_F_LOCK), readers copy the entry out
+ * under the lock, and the entry repeats its own key: a reader whose element
+ * was deleted and reused for another service sees a key that is not the one it
+ * looked up.
+ */
+struct lb_svc {
+	struct bpf_spin_lock lock;
+	struct lb_svc_info info;
+	struct lb_svc_key key;
 };
 
 struct lb_slot_key {
@@ -171,21 +187,34 @@ static __always_inline void lb_count(__u32 stat)
 		*v += 1;
 }
 
-/* lb_lookup_service finds the service of a destination, in the internal scope. */
-static __always_inline struct lb_svc *lb_lookup_service(const union nb_addr *addr, __be16 port, __u8 proto, __u8 family)
+/*
+ * lb_lookup_service finds the service of a destination, in the internal
+ * scope, and copies what its entry says into *info. Returns 1 if found, 0 if
+ * not (or if the entry was replaced by another service's while it was read).
+ */
+static __always_inline int lb_lookup_service(const union nb_addr *addr, __be16 port, __u8 proto, __u8 family,
+					     struct lb_svc_info *info)
 {
-	struct lb_svc_key k = {};
+	struct lb_svc_key k = {}, seen;
+	struct lb_svc *v;
 
 	k.addr = *addr;
 	k.port = port;
 	k.proto = proto;
 	k.family = family;
 	k.scope = LB_SCOPE_INTERNAL;
-	return bpf_map_lookup_elem(&nb_lb_svc, &k);
+	v = bpf_map_lookup_elem(&nb_lb_svc, &k);
+	if (!v)
+		return 0;
+	bpf_spin_lock(&v->lock);
+	*info = v->info;
+	seen = v->key;
+	bpf_spin_unlock(&v->lock);
+	return !__builtin_memcmp(&seen, &k, sizeof(k));
 }
 
 /* lb_source_allowed reports whether client may use svc (always, without source ranges). */
-static __always_inline int lb_source_allowed(const struct lb_svc *svc, const union nb_addr *client, __u8 family)
+static __always_inline int lb_source_allowed(const struct lb_svc_info *svc, const union nb_addr *client, __u8 family)
 {
 	struct lb_src_range_key k = {};
 
@@ -233,7 +262,7 @@ static __always_inline __u32 lb_slot_backend(__u32 set_id, __u32 slot)
  * algorithm. Returns the backend id and fills *b, or returns 0 when the service
  * has no usable backend.
  */
-static __always_inline __u32 lb_select(const struct lb_svc *svc, const union nb_addr *client, __u8 family, __u32 hash,
+static __always_inline __u32 lb_select(const struct lb_svc_info *svc, const union nb_addr *client, __u8 family, __u32 hash,
 				       struct lb_backend **b)
 {
 	struct lb_affinity_key ak = {};

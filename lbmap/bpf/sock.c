@@ -99,7 +99,7 @@ static __always_inline void sock_u64_addr(union nb_addr *a, __u64 v)
  * (sticky) of a random service without affinity takes the slot its cookie
  * hashes to, so its datagrams keep to one backend.
  */
-static __always_inline __u32 sock_select(const struct lb_svc *svc, const union nb_addr *client, __u32 hash, int sticky,
+static __always_inline __u32 sock_select(const struct lb_svc_info *svc, const union nb_addr *client, __u32 hash, int sticky,
 					 struct lb_backend **b)
 {
 	__u32 id;
@@ -145,19 +145,18 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, union nb_ad
 {
 	struct lb_backend *b = NULL;
 	union nb_addr client = {}, sock = {};
-	struct lb_svc *svc;
+	struct lb_svc_info svc;
 	__u64 cookie;
 	__u32 id;
 
-	svc = lb_lookup_service(addr, *port, proto, family);
-	if (!svc)
+	if (!lb_lookup_service(addr, *port, proto, family, &svc))
 		return SOCK_PASS;
-	if (svc->flags & LB_F_SOURCE_RANGES)
+	if (svc.flags & LB_F_SOURCE_RANGES)
 		return SOCK_PASS; /* the client's address is unknown here: the tc datapath checks the ranges */
 	cookie = bpf_get_socket_cookie(ctx);
 	sock_u64_addr(&sock, cookie);
 	sock_u64_addr(&client, bpf_get_netns_cookie(ctx));
-	id = sock_select(svc, &client, lb_hash(&sock, addr, 0, *port, proto), proto == IPPROTO_UDP, &b);
+	id = sock_select(&svc, &client, lb_hash(&sock, addr, 0, *port, proto), proto == IPPROTO_UDP, &b);
 	if (!id || !b) {
 		lb_count(LB_STAT_DROP_NO_BACKEND);
 		return SOCK_NO_BACKEND;
@@ -270,6 +269,7 @@ static __always_inline int sock6_fwd(struct bpf_sock_addr *ctx, __u8 proto, int 
 static __always_inline int sock_xlate_rev(struct bpf_sock_addr *ctx, union nb_addr *addr, __be16 *port, __u8 family)
 {
 	struct lb_sock_revnat_key k = {};
+	struct lb_svc_info svc;
 	struct lb_revnat *rn;
 	__u8 proto = sock_proto(ctx);
 
@@ -282,7 +282,7 @@ static __always_inline int sock_xlate_rev(struct bpf_sock_addr *ctx, union nb_ad
 	rn = bpf_map_lookup_elem(&nb_lb_sock_revnat, &k);
 	if (!rn)
 		return 0;
-	if (!lb_lookup_service(&rn->addr, rn->port, proto, family)) {
+	if (!lb_lookup_service(&rn->addr, rn->port, proto, family, &svc)) {
 		bpf_map_delete_elem(&nb_lb_sock_revnat, &k);
 		return 0;
 	}
