@@ -25,7 +25,11 @@
 //
 // Each service entry points at a complete backend set; a change writes a new
 // set in full, then switches the service entry with one map update, so a
-// packet sees the old set or the new one, never a mix. A replaced set, a
+// packet sees the old set or the new one, never a mix. Service entries are
+// updated in place under a BPF spin lock (BPF_F_LOCK) and read under it, and
+// repeat their own key: a plain hash-map update recycles the replaced element
+// at once, and a packet reading it could otherwise see another service's
+// entry. A replaced set, a
 // removed backend and a freed rev-NAT index stay in the maps for
 // [Config.GracePeriod] before a later write deletes them, so a packet that
 // read the old state never finds it freed. [Table.Reconcile] writes all its
