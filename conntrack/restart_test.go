@@ -52,7 +52,7 @@ type restartReport struct {
 func TestRestartChild(t *testing.T) {
 	dir := os.Getenv(restartDirEnv)
 	if dir == "" {
-		t.Skip("the process TestRestartPinned re-executes, with " + restartDirEnv + " set")
+		return // only the process TestRestartPinned re-executes, with restartDirEnv set, does anything
 	}
 	tbl, err := conntrack.Open(filepath.Join(dir, restartTableDir))
 	if err != nil {
