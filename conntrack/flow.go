@@ -159,7 +159,7 @@ type Entry struct {
 	TxFlagsSeen        TCPFlags
 	Flags              Flags
 
-	RevNAT uint16 // reverse-NAT index set by the program that created the entry, 0 for none
+	RevNAT uint32 // reverse-NAT index set by the program that created the entry, 0 for none
 	User   uint32 // the creating program's own field (a backend id, a mark)
 }
 

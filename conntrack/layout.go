@@ -31,10 +31,10 @@ type ctEntry struct {
 	RxFlagsSeen uint32
 	TxFlagsSeen uint32
 	User        uint32
-	RevNAT      uint16 `btf:"rev_nat"`
+	RevNAT      uint32 `btf:"rev_nat"`
 	State       uint8
 	Dir         uint8
-	Pad         uint32
+	Pad         uint16
 }
 
 // ctConfig mirrors struct ct_config: timeouts in nanoseconds, 0 for the default.

@@ -33,10 +33,10 @@ type trackerCtEntry struct {
 	RxFlagsSeen uint32
 	TxFlagsSeen uint32
 	User        uint32
-	RevNat      uint16
+	RevNat      uint32
 	State       uint8
 	Dir         uint8
-	Pad         uint32
+	Pad         uint16
 }
 
 type trackerCtTuple struct {

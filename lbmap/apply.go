@@ -29,12 +29,12 @@ type plan struct {
 	t *Table
 
 	nextBackend uint32
-	nextRevNAT  uint16
+	nextRevNAT  uint32
 	nextSet     uint32
 	newIDs      map[backendKey]uint32 // backends this plan creates
 	reserved    map[uint32]bool       // their ids
 	refDelta    map[backendKey]int
-	newRevNATs  map[uint16]bool
+	newRevNATs  map[uint32]bool
 
 	states  map[ServiceKey]*svcState // after the plan; nil for a deleted service
 	entries int                      // change in service-map entries
@@ -63,7 +63,7 @@ func (t *Table) apply(upserts []Service, deletes []ServiceKey) error {
 	p := &plan{
 		t: t, nextBackend: t.next.backend, nextRevNAT: t.next.revNAT, nextSet: t.next.set,
 		newIDs: map[backendKey]uint32{}, reserved: map[uint32]bool{}, refDelta: map[backendKey]int{},
-		newRevNATs: map[uint16]bool{}, states: map[ServiceKey]*svcState{},
+		newRevNATs: map[uint32]bool{}, states: map[ServiceKey]*svcState{},
 	}
 	for _, s := range upserts {
 		if err := p.upsert(s); err != nil {
@@ -96,7 +96,7 @@ func (p *plan) upsert(s Service) error {
 		}
 		st.revNAT = idx
 		a, fam := addr16(k.Frontend.Addr())
-		p.revK = append(p.revK, uint32(idx))
+		p.revK = append(p.revK, idx)
 		p.revV = append(p.revV, lbRevNAT{Addr: a, Port: be16(k.Frontend.Port()), Family: fam})
 	}
 
@@ -218,9 +218,9 @@ func (p *plan) backendID(k backendKey, b Backend) (uint32, error) {
 	}
 }
 
-func (p *plan) allocRevNAT() (uint16, error) {
-	if len(p.t.revNATs)+len(p.newRevNATs) >= 1<<16-1 {
-		return 0, errors.New("lbmap: no rev-NAT index left: 65535 services, counting removed ones in their grace period")
+func (p *plan) allocRevNAT() (uint32, error) {
+	if len(p.t.revNATs)+len(p.newRevNATs) >= p.t.cfg.MaxServices {
+		return 0, fmt.Errorf("lbmap: more services than the maps hold (Config.MaxServices %d, counting removed ones in their grace period)", p.t.cfg.MaxServices)
 	}
 	for {
 		p.nextRevNAT++
@@ -481,12 +481,8 @@ func (t *Table) free(g garbage) error {
 			return err
 		}
 	}
-	revKeys := make([]uint32, len(g.revNATs))
-	for i, idx := range g.revNATs {
-		revKeys[i] = uint32(idx)
-	}
-	if len(revKeys) > 0 {
-		if err := ignoreMissing(t.maps[mapRevNAT].BatchDelete(revKeys, nil)); err != nil {
+	if len(g.revNATs) > 0 {
+		if err := ignoreMissing(t.maps[mapRevNAT].BatchDelete(g.revNATs, nil)); err != nil {
 			return err
 		}
 	}

@@ -18,8 +18,8 @@ const (
 // Config configures a Table. The zero value works: the defaults below.
 type Config struct {
 	// MaxServices is the size of the service map: one entry per service, two
-	// for a non-ClusterIP service with traffic policy Local. Default 65536; at
-	// most 65535 services (rev-NAT indexes are 16 bits).
+	// for a non-ClusterIP service with traffic policy Local. Default 65536, at
+	// most 1<<20.
 	MaxServices int
 	// MaxBackends is how many distinct backends (address, port, protocol) the
 	// table holds; a backend shared by several services counts once. Default

@@ -59,9 +59,8 @@
 //
 // # Limits
 //
-// 65535 services (16-bit rev-NAT indexes); map sizes in [Config]. A rev-NAT
-// index freed by a deleted service can be reused by a later one after the
-// grace period; connections of the deleted service that outlive it may then
+// Map sizes are in [Config]. A rev-NAT index freed by a deleted service can
+// be reused by a later one after the grace period; connections of the deleted service that outlive it may then
 // have replies translated to the new frontend, as in Cilium. Indexes and ids
 // are allocated round-robin to make that rare. The tables are not pinned yet:
 // a restarted process starts empty.

@@ -21,9 +21,10 @@ type lbSvcInfo struct {
 	Count           uint32
 	MaglevSize      uint32
 	AffinityTimeout uint32
-	RevNAT          uint16 `btf:"rev_nat"`
+	RevNAT          uint32 `btf:"rev_nat"`
 	Type            uint8
 	Flags           uint8
+	Pad             uint16
 }
 
 // lbSvc is a service entry: written with BPF_F_LOCK, which updates an
@@ -56,9 +57,9 @@ type lbRevNAT struct {
 
 type lbSrcRangeKey struct {
 	Prefixlen uint32
-	RevNAT    [2]byte `btf:"rev_nat"` // network order
+	RevNAT    [4]byte `btf:"rev_nat"` // network order
 	Family    uint8
-	Pad       uint8
+	Pad       [3]byte
 	Addr      [16]byte
 }
 
@@ -106,7 +107,9 @@ func backendValue(b Backend) lbBackend {
 	return lbBackend{Addr: a, Port: be16(b.Addr.Port()), Family: fam, State: uint8(b.State)}
 }
 
-func srcRangeKey(revNAT uint16, p netip.Prefix) lbSrcRangeKey {
+func srcRangeKey(revNAT uint32, p netip.Prefix) lbSrcRangeKey {
 	a, fam := addr16(p.Addr())
-	return lbSrcRangeKey{Prefixlen: uint32(32 + p.Bits()), RevNAT: be16(revNAT), Family: fam, Addr: a}
+	var rn [4]byte
+	binary.BigEndian.PutUint32(rn[:], revNAT)
+	return lbSrcRangeKey{Prefixlen: uint32(64 + p.Bits()), RevNAT: rn, Family: fam, Addr: a}
 }

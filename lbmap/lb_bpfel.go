@@ -33,10 +33,10 @@ type lbCtEntry struct {
 	RxFlagsSeen uint32
 	TxFlagsSeen uint32
 	User        uint32
-	RevNat      uint16
+	RevNat      uint32
 	State       uint8
 	Dir         uint8
-	Pad         uint32
+	Pad         uint16
 }
 
 type lbCtTuple struct {
@@ -72,9 +72,9 @@ type lbLbAffinityKey struct {
 		V4 uint32
 		_  [12]byte
 	}
-	RevNat uint16
+	RevNat uint32
 	Family uint8
-	Pad    uint8
+	Pad    [3]uint8
 }
 
 type lbLbBackend struct {
@@ -110,9 +110,9 @@ type lbLbSlotKey struct {
 type lbLbSrcRangeKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
-	RevNat    uint16
+	RevNat    uint32
 	Family    uint8
-	Pad       uint8
+	Pad       [3]uint8
 	Addr      struct {
 		_  structs.HostLayout
 		V4 uint32
@@ -132,9 +132,10 @@ type lbLbSvc struct {
 		Count           uint32
 		MaglevSize      uint32
 		AffinityTimeout uint32
-		RevNat          uint16
+		RevNat          uint32
 		Type            uint8
 		Flags           uint8
+		Pad             uint16
 	}
 	Key lbLbSvcKey
 }

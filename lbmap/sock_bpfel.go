@@ -27,9 +27,9 @@ type sockLbAffinityKey struct {
 		V4 uint32
 		_  [12]byte
 	}
-	RevNat uint16
+	RevNat uint32
 	Family uint8
-	Pad    uint8
+	Pad    [3]uint8
 }
 
 type sockLbBackend struct {
@@ -78,9 +78,9 @@ type sockLbSockRevnatKey struct {
 type sockLbSrcRangeKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
-	RevNat    uint16
+	RevNat    uint32
 	Family    uint8
-	Pad       uint8
+	Pad       [3]uint8
 	Addr      struct {
 		_  structs.HostLayout
 		V4 uint32
@@ -100,9 +100,10 @@ type sockLbSvc struct {
 		Count           uint32
 		MaglevSize      uint32
 		AffinityTimeout uint32
-		RevNat          uint16
+		RevNat          uint32
 		Type            uint8
 		Flags           uint8
+		Pad             uint16
 	}
 	Key sockLbSvcKey
 }

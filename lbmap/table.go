@@ -36,10 +36,10 @@ type Table struct {
 	services map[ServiceKey]*svcState
 	backends map[backendKey]*backendRef
 	ids      map[uint32]backendKey // backend ids in use, live or waiting out the grace period
-	revNATs  map[uint16]bool       // rev-NAT indexes in use, likewise
+	revNATs  map[uint32]bool       // rev-NAT indexes in use, likewise
 	next     struct {
 		backend uint32
-		revNAT  uint16
+		revNAT  uint32
 		set     uint32
 	}
 	used    struct{ slots, srcRanges, svcEntries int } // live and in garbage
@@ -50,7 +50,7 @@ type Table struct {
 type svcState struct {
 	svc      Service // normalized
 	raw      Service // as last given, to recognise an unchanged service without normalizing it
-	revNAT   uint16
+	revNAT   uint32
 	internal setRef
 	external setRef // only for traffic policy Local on a non-ClusterIP service
 	srcKeys  []lbSrcRangeKey
@@ -88,7 +88,7 @@ type garbage struct {
 	due       time.Time
 	slots     []lbSlotKey
 	backends  []uint32
-	revNATs   []uint16
+	revNATs   []uint32
 	srcRanges []lbSrcRangeKey
 }
 
@@ -109,11 +109,11 @@ func New(cfg Config, ct *conntrack.Table) (*Table, error) {
 	t := &Table{
 		cfg: cfg, ct: ct, maps: map[string]*ebpf.Map{},
 		services: map[ServiceKey]*svcState{}, backends: map[backendKey]*backendRef{},
-		ids: map[uint32]backendKey{}, revNATs: map[uint16]bool{},
+		ids: map[uint32]backendKey{}, revNATs: map[uint32]bool{},
 	}
 	sizes := map[string]int{
 		mapSvc: cfg.MaxServices, mapSlots: cfg.MaxSlots, mapBackends: cfg.MaxBackends,
-		mapRevNAT: 65536, mapAffinity: cfg.MaxAffinity, mapSrcRange: cfg.MaxSourceRanges, mapStats: 0,
+		mapRevNAT: cfg.MaxServices, mapAffinity: cfg.MaxAffinity, mapSrcRange: cfg.MaxSourceRanges, mapStats: 0,
 	}
 	for name, size := range sizes {
 		ms := spec.Maps[name].Copy()

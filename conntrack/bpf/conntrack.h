@@ -99,10 +99,10 @@ struct ct_entry {
 	__u32 rx_flags_seen;	/* TCP flags seen in the Rx direction */
 	__u32 tx_flags_seen;	/* TCP flags seen in the Tx direction */
 	__u32 user;		/* free for the program that creates the entry (a backend id, a mark) */
-	__u16 rev_nat;		/* reverse-NAT index, 0 for none */
+	__u32 rev_nat;		/* reverse-NAT index, 0 for none */
 	__u8 state;		/* CT_STATE_* */
 	__u8 dir;		/* CT_DIR_* of the first packet */
-	__u32 pad;
+	__u16 pad;
 };
 
 /* Timeouts in nanoseconds; zero means the default. */
@@ -136,7 +136,7 @@ struct {
 
 /* Options for an entry ct_process creates. */
 struct ct_create_opts {
-	__u16 rev_nat;
+	__u32 rev_nat;
 	__u32 user;
 	__u32 flags;	/* CT_F_* to set from the start, e.g. CT_F_SERVICE */
 };

@@ -63,9 +63,10 @@ struct lb_svc_info {
 	__u32 count;		/* slots of the set (random); 0: no usable backend */
 	__u32 maglev_size;	/* 0: random selection; else Maglev, with this many slots */
 	__u32 affinity_timeout;	/* seconds a client keeps its backend; 0: no affinity */
-	__u16 rev_nat;		/* rev-NAT index */
+	__u32 rev_nat;		/* rev-NAT index */
 	__u8 type;		/* LB_TYPE_* */
 	__u8 flags;		/* LB_F_* */
+	__u16 pad;
 };
 
 /*
@@ -104,9 +105,9 @@ struct lb_revnat {
 
 struct lb_affinity_key {
 	union nb_addr client;
-	__u16 rev_nat;
+	__u32 rev_nat;
 	__u8 family;
-	__u8 pad;
+	__u8 pad[3];
 };
 
 struct lb_affinity {
@@ -115,12 +116,12 @@ struct lb_affinity {
 	__u32 pad;
 };
 
-/* LPM key: rev_nat, family and pad (32 bits), then the client prefix. */
+/* LPM key: rev_nat, family and pad (64 bits), then the client prefix. */
 struct lb_src_range_key {
 	__u32 prefixlen;
-	__be16 rev_nat;
+	__be32 rev_nat;
 	__u8 family;
-	__u8 pad;
+	__u8 pad[3];
 	union nb_addr addr;
 };
 
@@ -220,8 +221,8 @@ static __always_inline int lb_source_allowed(const struct lb_svc_info *svc, cons
 
 	if (!(svc->flags & LB_F_SOURCE_RANGES))
 		return 1;
-	k.prefixlen = 32 + (family == 6 ? 128 : 32);
-	k.rev_nat = bpf_htons(svc->rev_nat);
+	k.prefixlen = 64 + (family == 6 ? 128 : 32);
+	k.rev_nat = bpf_htonl(svc->rev_nat);
 	k.family = family;
 	k.addr = *client;
 	return bpf_map_lookup_elem(&nb_lb_src_range, &k) != NULL;
