@@ -56,6 +56,8 @@ enum {
 	 * flags; l4_hdr_len 8) instead of requiring the whole header.
 	 */
 	NB_PARSE_QUOTED = 1 << 0,
+	/* Stop after the network layer: no upper-layer header is looked for (a CIDR filter needs none). */
+	NB_PARSE_NO_L4 = 1 << 1,
 };
 
 #define NB_MAX_VLAN 2		/* 802.1Q, or 802.1ad + 802.1Q (QinQ) */
@@ -404,7 +406,7 @@ static __always_inline int nb_parse_l3(const struct nb_frame *f, struct nb_pkt *
 		return NB_OK; /* not IP: ARP, LLDP, ... */
 	if (err)
 		return err;
-	if (p->frag_off)
+	if (p->frag_off || (flags & NB_PARSE_NO_L4))
 		return NB_OK; /* a later fragment has no upper-layer header */
 	return nb_parse_l4(f, p, flags);
 }

@@ -1,0 +1,4 @@
+package xdpfilter
+
+// Regenerate with `go generate ./...` from the repository root (needs Debian's clang-19, llvm-19 and libbpf-dev).
+//go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -target bpfel -go-package xdpfilter xdpfilter bpf/xdpfilter.c -- -O2 -g -Wall -Werror -mcpu=v3 -I../internal/bpf/include -idirafter /usr/include/x86_64-linux-gnu -idirafter /usr/include/aarch64-linux-gnu

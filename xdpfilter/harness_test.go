@@ -1,0 +1,94 @@
+package xdpfilter
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/google/gopacket/layers"
+
+	"github.com/netblocks/netblocks/internal/testutil"
+)
+
+// XDP verdicts as BPF_PROG_RUN returns them.
+const (
+	xdpDrop = 1
+	xdpPass = 2
+)
+
+// harness is a Filter with its program loaded, run with BPF_PROG_RUN.
+type harness struct {
+	*Filter
+	progs xdpfilterPrograms
+}
+
+func newHarness(tb testing.TB, cfg Config) *harness {
+	tb.Helper()
+	testutil.RequirePrivileged(tb)
+	f, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { f.Close() })
+	spec, err := loadXdpfilter()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	repl := map[string]*ebpf.Map{}
+	for name, m := range f.maps {
+		spec.Maps[name].MaxEntries = m.MaxEntries()
+		repl[name] = m
+	}
+	h := &harness{Filter: f}
+	if err := spec.LoadAndAssign(&h.progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { h.progs.Close() })
+	return h
+}
+
+// verdict runs frame through the filter.
+func (h *harness) verdict(tb testing.TB, frame []byte) uint32 {
+	tb.Helper()
+	ret, err := h.progs.NbXdpFilter.Run(&ebpf.RunOptions{Data: frame})
+	if err != nil {
+		tb.Fatalf("run filter on %d bytes: %v", len(frame), err)
+	}
+	return ret
+}
+
+// udpFrom builds a UDP frame from src.
+func udpFrom(tb testing.TB, src string) []byte {
+	tb.Helper()
+	a := netip.MustParseAddr(src)
+	dst := netip.MustParseAddr("192.0.2.1")
+	if a.Is6() {
+		dst = netip.MustParseAddr("2001:db8::1")
+	}
+	return testutil.BuildPacket(tb, testutil.Packet{Src: a, Dst: dst, Proto: layers.IPProtocolUDP, SrcPort: 1, DstPort: 2})
+}
+
+func TestSmoke(t *testing.T) {
+	h := newHarness(t, Config{})
+	if got := h.verdict(t, udpFrom(t, "198.51.100.7")); got != xdpPass {
+		t.Fatalf("no rules: verdict %d", got)
+	}
+	if err := h.Add(netip.MustParsePrefix("198.51.100.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.verdict(t, udpFrom(t, "198.51.100.7")); got != xdpDrop {
+		t.Fatalf("denied source: verdict %d", got)
+	}
+	if err := h.Replace([]netip.Prefix{netip.MustParsePrefix("203.0.113.9/32")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.verdict(t, udpFrom(t, "198.51.100.7")); got != xdpPass {
+		t.Fatalf("after Replace: verdict %d", got)
+	}
+	if got := h.verdict(t, udpFrom(t, "203.0.113.9")); got != xdpDrop {
+		t.Fatalf("after Replace, the new rule: verdict %d", got)
+	}
+	if h.Revision() != 2 {
+		t.Errorf("revision %d", h.Revision())
+	}
+}
