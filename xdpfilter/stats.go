@@ -1,6 +1,7 @@
 package xdpfilter
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -112,14 +113,10 @@ func (e *Events) Read() (DropEvent, error) {
 		}
 		return DropEvent{}, fmt.Errorf("xdpfilter: read drop event: %w", err)
 	}
-	var raw xfEvent
-	if len(rec.RawSample) < 28 {
-		return DropEvent{}, fmt.Errorf("xdpfilter: drop event of %d bytes", len(rec.RawSample))
+	var raw xfEvent // checked against the C struct by TestLayout
+	if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
+		return DropEvent{}, fmt.Errorf("xdpfilter: decode drop event of %d bytes: %w", len(rec.RawSample), err)
 	}
-	copy(raw.Addr[:], rec.RawSample[:16])
-	raw.Rule = binary.NativeEndian.Uint32(rec.RawSample[16:])
-	raw.Count = binary.NativeEndian.Uint32(rec.RawSample[20:])
-	raw.Family, raw.Reason = rec.RawSample[24], rec.RawSample[25]
 	ev := DropEvent{Count: raw.Count, Reason: DropReason(raw.Reason)}
 	switch raw.Family {
 	case 4:

@@ -57,6 +57,7 @@ const (
 	xdpfilterMapNbXfSample   = "nb_xf_sample"
 	xdpfilterMapNbXfStats    = "nb_xf_stats"
 	xdpfilterProgNbXdpFilter = "nb_xdp_filter"
+	xdpfilterVarXfEventBtf   = "xf_event_btf"
 )
 
 // loadXdpfilter returns the embedded CollectionSpec for xdpfilter.
@@ -127,6 +128,7 @@ type xdpfilterMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdpfilterVariableSpecs struct {
+	XfEventBtf *ebpf.VariableSpec `ebpf:"xf_event_btf"`
 }
 
 // xdpfilterObjects contains all objects after they have been loaded into the kernel.
@@ -186,6 +188,7 @@ func (m *xdpfilterMaps) Close() error {
 //
 // It can be passed to loadXdpfilterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdpfilterVariables struct {
+	XfEventBtf *ebpf.Variable `ebpf:"xf_event_btf"`
 }
 
 // xdpfilterPrograms contains all programs after they have been loaded into the kernel.

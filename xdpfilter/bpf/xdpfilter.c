@@ -73,6 +73,9 @@ struct xf_event {
 	__u8 pad[2];
 };
 
+/* Keeps struct xf_event in the object's BTF, for the Go side's layout check. */
+struct xf_event *xf_event_btf __attribute__((unused));
+
 #define XF_LPM(name, ktype)                                     \
 	struct {                                              \
 		__uint(type, BPF_MAP_TYPE_LPM_TRIE);          \
