@@ -25,7 +25,7 @@ func (m Mode) String() string {
 // Defaults of Config.
 const (
 	DefaultMaxPrefixes = 16384
-	DefaultMaxExact    = 262144
+	DefaultMaxExact    = 65536
 )
 
 // Config configures a Filter. The zero value is a deny-mode filter with the
@@ -36,7 +36,13 @@ type Config struct {
 	// family holds, in an LPM trie. Default 16384.
 	MaxPrefixes int
 	// MaxExact is how many exact rules (/32 and /128) each family holds, in
-	// a hash map, far cheaper per lookup. Default 262144.
+	// a hash map, far cheaper per lookup; it holds millions if asked to.
+	// Default 65536.
+	//
+	// Memory: the rule maps take memory only as rules are added, but the
+	// per-rule hit counters are a per-CPU array of 4 x (MaxPrefixes +
+	// MaxExact) counters, allocated up front: 8 bytes each, per CPU (about
+	// 2.6 MB per CPU with the defaults).
 	MaxExact int
 	// PinPath, if set, is a directory on a bpffs where the maps are pinned,
 	// and reused if pinned already (Open takes a pinned filter over).
