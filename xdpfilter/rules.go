@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -104,6 +105,9 @@ func (f *Filter) Replace(set []netip.Prefix) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if len(set) == len(f.rules) && !slices.ContainsFunc(set, func(p netip.Prefix) bool { _, ok := f.rules[p]; return !ok }) {
+		return nil // the set in force already: nothing to change
+	}
 	next := make(map[netip.Prefix]uint32, len(set))
 	for _, p := range set {
 		next[p] = 0
