@@ -283,7 +283,8 @@ func (f *Filter) capacity(rules map[netip.Prefix]uint32) error {
 	return nil
 }
 
-// allocID returns a free rule id, with its counters zeroed.
+// allocID reserves a free rule id for p. Its counters are reset by the
+// caller (assignIDs), in one batch for all new ids.
 func (f *Filter) allocID(p netip.Prefix) (uint32, error) {
 	limit := uint32(f.cfg.maxRuleIDs())
 	for range limit {
@@ -294,16 +295,8 @@ func (f *Filter) allocID(p netip.Prefix) (uint32, error) {
 		if _, used := f.ids[f.nextID]; used {
 			continue
 		}
-		id := f.nextID
-		cpus, err := ebpf.PossibleCPU()
-		if err != nil {
-			return 0, fmt.Errorf("xdpfilter: %w", err)
-		}
-		if err := f.maps["nb_xf_hits"].Put(id, make([]uint64, cpus)); err != nil {
-			return 0, fmt.Errorf("xdpfilter: reset counters: %w", err)
-		}
-		f.ids[id] = p
-		return id, nil
+		f.ids[f.nextID] = p
+		return f.nextID, nil
 	}
 	return 0, errors.New("xdpfilter: no rule id left")
 }

@@ -180,6 +180,8 @@ func (f *Filter) clearStale(buf uint32) error {
 	return nil
 }
 
+// assignIDs reserves ids for new rules and resets their hit counters, which
+// a rule removed earlier may have left behind, with one batch update.
 func (f *Filter) assignIDs(rules []netip.Prefix) ([]uint32, error) {
 	ids := make([]uint32, len(rules))
 	for i, p := range rules {
@@ -189,6 +191,17 @@ func (f *Filter) assignIDs(rules []netip.Prefix) ([]uint32, error) {
 			return nil, err
 		}
 		ids[i] = id
+	}
+	if len(ids) == 0 {
+		return ids, nil
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err == nil {
+		_, err = f.maps["nb_xf_hits"].BatchUpdate(ids, make([]uint64, len(ids)*cpus), nil)
+	}
+	if err != nil {
+		f.freeIDs(rules, ids)
+		return nil, fmt.Errorf("xdpfilter: reset rule counters: %w", err)
 	}
 	return ids, nil
 }
