@@ -12,26 +12,6 @@ import (
 	"github.com/netblocks/netblocks/internal/testutil"
 )
 
-// loadOn loads the program onto an existing filter's maps (as Attach does),
-// for BPF_PROG_RUN.
-func loadOn(tb testing.TB, f *Filter) *harness {
-	tb.Helper()
-	spec, err := loadXdpfilter()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	repl := map[string]*ebpf.Map{}
-	for name, m := range f.maps {
-		spec.Maps[name].MaxEntries = m.MaxEntries()
-		repl[name] = m
-	}
-	h := &harness{Filter: f}
-	if err := spec.LoadAndAssign(&h.progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { h.progs.Close() })
-	return h
-}
 
 // probeSources are the sources whose verdicts a snapshot records.
 var probeSources = []string{

@@ -53,18 +53,9 @@ func (f *Filter) Attach(ifindex int, mode AttachMode) (*Attachment, error) {
 	if mode < Auto || mode > Generic {
 		return nil, fmt.Errorf("xdpfilter: attach: unknown mode %d", mode)
 	}
-	spec, err := loadXdpfilter()
+	progs, err := f.loadProgram()
 	if err != nil {
-		return nil, fmt.Errorf("xdpfilter: %w", err)
-	}
-	repl := map[string]*ebpf.Map{}
-	for name, m := range f.maps {
-		spec.Maps[name].MaxEntries = m.MaxEntries()
-		repl[name] = m
-	}
-	var progs xdpfilterPrograms
-	if err := spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
-		return nil, fmt.Errorf("xdpfilter: load program: %w", err)
+		return nil, err
 	}
 	defer progs.Close()
 
@@ -86,6 +77,24 @@ func (f *Filter) Attach(ifindex int, mode AttachMode) (*Attachment, error) {
 	}
 	a.mode = Generic
 	return a, nil
+}
+
+// loadProgram loads the filter program onto f's maps.
+func (f *Filter) loadProgram() (*xdpfilterPrograms, error) {
+	spec, err := loadXdpfilter()
+	if err != nil {
+		return nil, fmt.Errorf("xdpfilter: %w", err)
+	}
+	repl := map[string]*ebpf.Map{}
+	for name, m := range f.maps {
+		spec.Maps[name].MaxEntries = m.MaxEntries()
+		repl[name] = m
+	}
+	var progs xdpfilterPrograms
+	if err := spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
+		return nil, fmt.Errorf("xdpfilter: load program: %w", err)
+	}
+	return &progs, nil
 }
 
 // Mode is the mode the filter attached in: Native or Generic.

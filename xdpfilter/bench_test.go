@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 
 	"github.com/netblocks/netblocks/internal/testutil"
 )
@@ -22,22 +21,13 @@ func loadBenchHarness(b *testing.B, cfg Config) (*harness, func()) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	spec, err := loadXdpfilter()
+	progs, err := f.loadProgram()
 	if err != nil {
 		f.Close()
 		b.Fatal(err)
 	}
-	repl := map[string]*ebpf.Map{}
-	for name, m := range f.maps {
-		spec.Maps[name].MaxEntries = m.MaxEntries()
-		repl[name] = m
-	}
-	h := &harness{Filter: f}
-	if err := spec.LoadAndAssign(&h.progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
-		f.Close()
-		b.Fatal(err)
-	}
-	return h, func() { h.progs.Close(); f.Close() }
+	h := &harness{Filter: f, progs: *progs}
+	return h, func() { progs.Close(); f.Close() }
 }
 
 // benchRules returns n distinct random rules of one family and length

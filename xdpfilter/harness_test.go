@@ -30,21 +30,19 @@ func newHarness(tb testing.TB, cfg Config) *harness {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { f.Close() })
-	spec, err := loadXdpfilter()
+	return loadOn(tb, f)
+}
+
+// loadOn loads the program onto an existing filter's maps (as Attach does),
+// for BPF_PROG_RUN.
+func loadOn(tb testing.TB, f *Filter) *harness {
+	tb.Helper()
+	progs, err := f.loadProgram()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	repl := map[string]*ebpf.Map{}
-	for name, m := range f.maps {
-		spec.Maps[name].MaxEntries = m.MaxEntries()
-		repl[name] = m
-	}
-	h := &harness{Filter: f}
-	if err := spec.LoadAndAssign(&h.progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { h.progs.Close() })
-	return h
+	tb.Cleanup(func() { progs.Close() })
+	return &harness{Filter: f, progs: *progs}
 }
 
 // verdict runs frame through the filter.
