@@ -12,7 +12,6 @@ import (
 	"github.com/netblocks/netblocks/internal/testutil"
 )
 
-
 // probeSources are the sources whose verdicts a snapshot records.
 var probeSources = []string{
 	"192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5", "192.0.2.77", "198.51.100.1", "203.0.113.1",
