@@ -249,9 +249,8 @@ func TestPinAndOpen(t *testing.T) {
 
 	// Different sizes on the same pin path: incompatible.
 	for _, c := range []Config{
-		{PinPath: dir, MaxExact: 16, MaxPrefixes: 8},
-		{PinPath: dir, MaxExact: 8, MaxPrefixes: 16},
-		{PinPath: dir},
+		{PinPath: dir, Mode: AllowOnly, MaxExact: 16, MaxPrefixes: 8},
+		{PinPath: dir, Mode: AllowOnly, MaxExact: 8, MaxPrefixes: 16},
 	} {
 		if bad, err := New(c); !errors.Is(err, ebpf.ErrMapIncompatible) {
 			if bad != nil {
@@ -260,6 +259,22 @@ func TestPinAndOpen(t *testing.T) {
 			t.Errorf("New(%+v) on a filter pinned with other sizes: %v, want ErrMapIncompatible", c, err)
 		}
 	}
+	// Another mode: refused, so that a restart never flips an allow-only filter to deny.
+	if bad, err := New(Config{PinPath: dir}); err == nil || !strings.Contains(err.Error(), "allow-only mode") {
+		if bad != nil {
+			bad.Close()
+		}
+		t.Errorf("New with a zero Config on an allow-only filter: %v, want a refusal naming the mode", err)
+	}
+	// Zero sizes and the same mode: the pinned filter, as it is.
+	same, err := New(Config{PinPath: dir, Mode: AllowOnly})
+	if err != nil {
+		t.Fatalf("New with zero sizes on the pinned filter: %v", err)
+	}
+	if diff := cmp.Diff(g.List(), same.List(), netipEqual); diff != "" {
+		t.Errorf("New reopened other rules (-want +got):\n%s", diff)
+	}
+	same.Close()
 	if diff := cmp.Diff(mustPrefixes("192.0.2.2/32", "192.0.2.3/32"), g.List(), netipEqual); diff != "" {
 		t.Errorf("List after the failed New (-want +got):\n%s", diff)
 	}

@@ -40,9 +40,12 @@ func (c Config) mapSizes() map[string]int {
 }
 
 // New creates a filter with no rules, or with cfg.PinPath set, opens the
-// filter pinned there (see Open) or creates and pins one. It does not attach
-// it: see Attach.
+// filter pinned there (see Open) or creates and pins one. Reopening keeps the
+// pinned rules; zero sizes in cfg take the pinned ones, other sizes must match,
+// and so must the mode (a filter's mode is never changed by a restart). It
+// does not attach the filter: see Attach.
 func New(cfg Config) (*Filter, error) {
+	asked := cfg // zero sizes: the pinned filter's, if there is one
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -53,12 +56,21 @@ func New(cfg Config) (*Filter, error) {
 			if err != nil {
 				return nil, err
 			}
-			if f.cfg.MaxExact != cfg.MaxExact || f.cfg.MaxPrefixes != cfg.MaxPrefixes {
+			if (asked.MaxExact != 0 && f.cfg.MaxExact != asked.MaxExact) || (asked.MaxPrefixes != 0 && f.cfg.MaxPrefixes != asked.MaxPrefixes) {
 				f.Close()
 				return nil, fmt.Errorf("xdpfilter: the filter pinned at %s holds %d exact and %d prefix rules per family, not %d and %d: %w",
 					cfg.PinPath, f.cfg.MaxExact, f.cfg.MaxPrefixes, cfg.MaxExact, cfg.MaxPrefixes, ebpf.ErrMapIncompatible)
 			}
-			return f, f.configure(cfg.Mode, cfg.SampleRate)
+			// Never flip a running filter's mode by accident (a zero Config says Deny).
+			if f.cfg.Mode != cfg.Mode {
+				f.Close()
+				return nil, fmt.Errorf("xdpfilter: the filter pinned at %s is in %v mode, Config.Mode says %v: use Open to take it over as it is", cfg.PinPath, f.cfg.Mode, cfg.Mode)
+			}
+			if err := f.configure(cfg.Mode, cfg.SampleRate); err != nil {
+				f.Close()
+				return nil, err
+			}
+			return f, nil
 		}
 		if err := os.MkdirAll(cfg.PinPath, 0o700); err != nil {
 			return nil, fmt.Errorf("xdpfilter: create pin directory: %w", err)
