@@ -33,17 +33,9 @@ func (t *Table) Attach(ifindex int) (*Tracker, error) {
 	if ifindex <= 0 {
 		return nil, fmt.Errorf("conntrack: attach: interface index %d is not valid", ifindex)
 	}
-	spec, err := loadTracker()
-	if err != nil {
-		return nil, fmt.Errorf("conntrack: %w", err)
-	}
-	repl, err := t.MapReplacements(spec)
+	progs, err := t.loadPrograms()
 	if err != nil {
 		return nil, err
-	}
-	var progs trackerPrograms
-	if err := spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
-		return nil, fmt.Errorf("conntrack: load tracker: %w", err)
 	}
 	// The links hold the programs; our descriptors can go.
 	defer progs.Close()
@@ -58,6 +50,23 @@ func (t *Table) Attach(ifindex int) (*Tracker, error) {
 		return nil, fmt.Errorf("conntrack: attach to egress of interface %d: %w", ifindex, kernelError(err, kernel.TCX))
 	}
 	return &Tracker{ingress: in, egress: out}, nil
+}
+
+// loadPrograms loads the tracker programs onto t's maps.
+func (t *Table) loadPrograms() (*trackerPrograms, error) {
+	spec, err := loadTracker()
+	if err != nil {
+		return nil, fmt.Errorf("conntrack: %w", err)
+	}
+	repl, err := t.MapReplacements(spec)
+	if err != nil {
+		return nil, err
+	}
+	var progs trackerPrograms
+	if err := spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
+		return nil, fmt.Errorf("conntrack: load tracker: %w", err)
+	}
+	return &progs, nil
 }
 
 // OpenTracker takes over a tracker pinned in dir by Tracker.Pin, as a

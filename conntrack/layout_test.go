@@ -16,23 +16,3 @@ func TestLayout(t *testing.T) {
 	testutil.RequireLayout(t, spec.Types, "ct_entry", ctEntry{})
 	testutil.RequireLayout(t, spec.Types, "ct_config", ctConfig{})
 }
-
-func TestAttachSmoke(t *testing.T) {
-	testutil.RequirePrivileged(t)
-	tbl, err := New(Config{MaxEntries: 1024})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tbl.Close()
-	ns := testutil.NewNetNS(t)
-	err = ns.Do(func() error {
-		tr, err := tbl.Attach(1)
-		if err != nil {
-			return err
-		}
-		return tr.Close()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}

@@ -32,20 +32,12 @@ func newHarness(tb testing.TB, cfg Config) *harness {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { tbl.Close() })
-	spec, err := loadTracker()
+	progs, err := tbl.loadPrograms()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	repl, err := tbl.MapReplacements(spec)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	h := &harness{Table: tbl}
-	if err := spec.LoadAndAssign(&h.progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { h.progs.Close() })
-	return h
+	tb.Cleanup(func() { progs.Close() })
+	return &harness{Table: tbl, progs: *progs}
 }
 
 // run sends frame through the tracker in direction dir and checks that it

@@ -178,9 +178,7 @@ func (p *plan) release(old *svcState) {
 func (p *plan) delete(k ServiceKey) {
 	old := p.t.services[k]
 	p.release(old)
-	for _, sk := range old.srcKeys {
-		p.g.srcRanges = append(p.g.srcRanges, sk)
-	}
+	p.g.srcRanges = append(p.g.srcRanges, old.srcKeys...)
 	p.delK = append(p.delK, svcKey(k, scopeInternal))
 	p.delOld = append(p.delOld, old.value(false))
 	if old.external.present {

@@ -24,17 +24,9 @@ func (t *Table) Attach(ifindex int) (*Datapath, error) {
 	if ifindex <= 0 {
 		return nil, fmt.Errorf("lbmap: attach: interface index %d is not valid", ifindex)
 	}
-	spec, err := loadLb()
-	if err != nil {
-		return nil, fmt.Errorf("lbmap: %w", err)
-	}
-	repl, err := t.replacements(spec)
+	progs, err := t.loadDatapath()
 	if err != nil {
 		return nil, err
-	}
-	var progs lbPrograms
-	if err := spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
-		return nil, fmt.Errorf("lbmap: load datapath: %w", err)
 	}
 	defer progs.Close()
 	in, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: progs.NbLbFromClient, Attach: ebpf.AttachTCXIngress})
@@ -47,6 +39,23 @@ func (t *Table) Attach(ifindex int) (*Datapath, error) {
 		return nil, fmt.Errorf("lbmap: attach to egress of interface %d: %w", ifindex, err)
 	}
 	return &Datapath{ingress: in, egress: out}, nil
+}
+
+// loadDatapath loads the tc programs onto t's maps and its conntrack table's.
+func (t *Table) loadDatapath() (*lbPrograms, error) {
+	spec, err := loadLb()
+	if err != nil {
+		return nil, fmt.Errorf("lbmap: %w", err)
+	}
+	repl, err := t.replacements(spec)
+	if err != nil {
+		return nil, err
+	}
+	var progs lbPrograms
+	if err := spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
+		return nil, fmt.Errorf("lbmap: load datapath: %w", err)
+	}
+	return &progs, nil
 }
 
 // Close detaches the datapath.

@@ -40,20 +40,12 @@ func newHarness(tb testing.TB, cfg Config) *harness {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { tbl.Close() })
-	spec, err := loadLb()
+	progs, err := tbl.loadDatapath()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	repl, err := tbl.replacements(spec)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	h := &harness{Table: tbl, ct: ct}
-	if err := spec.LoadAndAssign(&h.progs, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { h.progs.Close() })
-	return h
+	tb.Cleanup(func() { progs.Close() })
+	return &harness{Table: tbl, ct: ct, progs: *progs}
 }
 
 // run runs prog on frame and returns its verdict and output frame.
@@ -75,30 +67,6 @@ func (h *harness) fromClient(tb testing.TB, frame []byte) (uint32, []byte) {
 // toClient runs a packet toward the client through egress.
 func (h *harness) toClient(tb testing.TB, frame []byte) (uint32, []byte) {
 	return run(tb, h.progs.NbLbToClient, frame)
-}
-
-func TestSmokeDNAT(t *testing.T) {
-	h := newHarness(t, Config{})
-	vip := netip.MustParseAddrPort("10.96.0.10:53")
-	be := netip.MustParseAddrPort("192.0.2.50:5353")
-	client := netip.MustParseAddrPort("192.0.2.7:40000")
-	if err := h.Upsert(Service{Frontend: vip, Protocol: UDP, Backends: []Backend{{Addr: be, Weight: 1}}}); err != nil {
-		t.Fatal(err)
-	}
-	q := testutil.Packet{Src: client.Addr(), Dst: vip.Addr(), Proto: layers.IPProtocolUDP, SrcPort: client.Port(), DstPort: vip.Port(), Payload: []byte("query")}
-	verdict, out := h.fromClient(t, testutil.BuildPacket(t, q))
-	want := q
-	want.Dst, want.DstPort = be.Addr(), be.Port()
-	if verdict != tcxNext || !bytes.Equal(out, testutil.BuildPacket(t, want)) {
-		t.Fatalf("verdict %#x\n got  %x\n want %x", verdict, out, testutil.BuildPacket(t, want))
-	}
-	r := testutil.Packet{Src: be.Addr(), Dst: client.Addr(), Proto: layers.IPProtocolUDP, SrcPort: be.Port(), DstPort: client.Port(), Payload: []byte("answer")}
-	verdict, out = h.toClient(t, testutil.BuildPacket(t, r))
-	wantR := r
-	wantR.Src, wantR.SrcPort = vip.Addr(), vip.Port()
-	if verdict != tcxNext || !bytes.Equal(out, testutil.BuildPacket(t, wantR)) {
-		t.Fatalf("reply verdict %#x\n got  %x\n want %x", verdict, out, testutil.BuildPacket(t, wantR))
-	}
 }
 
 // flowPkt builds a packet of proto from src to dst.

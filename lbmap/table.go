@@ -78,9 +78,8 @@ type backendKey struct {
 }
 
 type backendRef struct {
-	id    uint32
-	refs  int
-	state BackendState
+	id   uint32
+	refs int
 }
 
 // garbage is state nothing refers to any more, deleted once due.

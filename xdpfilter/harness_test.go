@@ -65,28 +65,3 @@ func udpFrom(tb testing.TB, src string) []byte {
 	}
 	return testutil.BuildPacket(tb, testutil.Packet{Src: a, Dst: dst, Proto: layers.IPProtocolUDP, SrcPort: 1, DstPort: 2})
 }
-
-func TestSmoke(t *testing.T) {
-	h := newHarness(t, Config{})
-	if got := h.verdict(t, udpFrom(t, "198.51.100.7")); got != xdpPass {
-		t.Fatalf("no rules: verdict %d", got)
-	}
-	if err := h.Add(netip.MustParsePrefix("198.51.100.0/24")); err != nil {
-		t.Fatal(err)
-	}
-	if got := h.verdict(t, udpFrom(t, "198.51.100.7")); got != xdpDrop {
-		t.Fatalf("denied source: verdict %d", got)
-	}
-	if err := h.Replace([]netip.Prefix{netip.MustParsePrefix("203.0.113.9/32")}); err != nil {
-		t.Fatal(err)
-	}
-	if got := h.verdict(t, udpFrom(t, "198.51.100.7")); got != xdpPass {
-		t.Fatalf("after Replace: verdict %d", got)
-	}
-	if got := h.verdict(t, udpFrom(t, "203.0.113.9")); got != xdpDrop {
-		t.Fatalf("after Replace, the new rule: verdict %d", got)
-	}
-	if h.Revision() != 2 {
-		t.Errorf("revision %d", h.Revision())
-	}
-}

@@ -41,12 +41,12 @@ func (f *Filter) Add(rules ...netip.Prefix) error {
 		return err
 	}
 	if err := f.writeRules(f.active, added, ids); err != nil {
-		f.freeIDs(added, ids)
+		f.freeIDs(ids)
 		return err
 	}
 	if err := f.writeConfig(f.active, f.revision+1); err != nil {
 		f.deleteRules(f.active, added)
-		f.freeIDs(added, ids)
+		f.freeIDs(ids)
 		return err
 	}
 	for i, p := range added {
@@ -142,7 +142,7 @@ func (f *Filter) Replace(set []netip.Prefix) error {
 		all[i] = next[p]
 	}
 	if err := f.writeRules(inactive, set, all); err != nil {
-		f.freeIDs(fresh, ids)
+		f.freeIDs(ids)
 		return err
 	}
 	for _, p := range set {
@@ -187,7 +187,7 @@ func (f *Filter) assignIDs(rules []netip.Prefix) ([]uint32, error) {
 	for i, p := range rules {
 		id, err := f.allocID(p)
 		if err != nil {
-			f.freeIDs(rules[:i], ids[:i])
+			f.freeIDs(ids[:i])
 			return nil, err
 		}
 		ids[i] = id
@@ -200,13 +200,13 @@ func (f *Filter) assignIDs(rules []netip.Prefix) ([]uint32, error) {
 		_, err = f.maps["nb_xf_hits"].BatchUpdate(ids, make([]uint64, len(ids)*cpus), nil)
 	}
 	if err != nil {
-		f.freeIDs(rules, ids)
+		f.freeIDs(ids)
 		return nil, fmt.Errorf("xdpfilter: reset rule counters: %w", err)
 	}
 	return ids, nil
 }
 
-func (f *Filter) freeIDs(rules []netip.Prefix, ids []uint32) {
+func (f *Filter) freeIDs(ids []uint32) {
 	for _, id := range ids {
 		delete(f.ids, id)
 	}

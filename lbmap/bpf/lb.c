@@ -47,6 +47,7 @@ int nb_lb_from_client(struct __sk_buff *skb)
 	union nb_addr baddr;
 	__be16 bport;
 	__u32 id, len;
+	__u64 now;
 	__u8 family;
 	int reply;
 
@@ -63,6 +64,7 @@ int nb_lb_from_client(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	len = NB_READ_CTX(skb, len);
+	now = bpf_ktime_get_ns(); /* once per packet, for both conntrack entries */
 	opts.rev_nat = svc.rev_nat;
 
 	/* The client -> frontend entry remembers the connection's backend. */
@@ -70,7 +72,7 @@ int nb_lb_from_client(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	id = lb_backend_of(&t, &svc_entry, &b);
 	if (id) {
-		ct_account(svc_entry, p.l4_proto, p.tcp_flags, len, 0, bpf_ktime_get_ns());
+		ct_account(svc_entry, p.l4_proto, p.tcp_flags, len, 0, now);
 	} else {
 		if (svc_entry)
 			lb_count(LB_STAT_RESELECT);
@@ -80,7 +82,7 @@ int nb_lb_from_client(struct __sk_buff *skb)
 			return TC_ACT_SHOT;
 		}
 		opts.user = id;
-		ct_create(&t, LB_CT_DIR, p.l4_proto == IPPROTO_TCP ? p.tcp_flags : 0, len, &opts, bpf_ktime_get_ns());
+		ct_create(&t, LB_CT_DIR, p.l4_proto == IPPROTO_TCP ? p.tcp_flags : 0, len, &opts, now);
 	}
 	baddr = b->addr;
 	bport = b->port;
@@ -97,11 +99,11 @@ int nb_lb_from_client(struct __sk_buff *skb)
 	if (e && !reply) {
 		if (e->rev_nat != svc.rev_nat)
 			e->rev_nat = svc.rev_nat;
-		ct_account(e, p.l4_proto, p.tcp_flags, len, 0, bpf_ktime_get_ns());
+		ct_account(e, p.l4_proto, p.tcp_flags, len, 0, now);
 	} else {
 		opts.flags = 0;
 		opts.user = id;
-		ct_create(&t, LB_CT_DIR, p.l4_proto == IPPROTO_TCP ? p.tcp_flags : 0, len, &opts, bpf_ktime_get_ns());
+		ct_create(&t, LB_CT_DIR, p.l4_proto == IPPROTO_TCP ? p.tcp_flags : 0, len, &opts, now);
 	}
 	return TC_ACT_UNSPEC;
 }
