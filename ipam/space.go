@@ -374,3 +374,22 @@ func unmarshal(key string, v []byte, out any) error {
 	}
 	return nil
 }
+
+// peekUsed returns the number of held slots without guarding the read (a
+// Scan, not a Get): for choosing among many spaces, of which the one chosen
+// is then read with Get by claimNext. On etcd this keeps a transaction
+// within the limit of keys it may compare.
+func (s *space) peekUsed(tx Txn) (uint64, error) {
+	var h spaceHead
+	var derr error
+	err := tx.Scan(s.headKey(), "", func(k string, v []byte) bool {
+		if k == s.headKey() {
+			derr = unmarshal(k, v, &h)
+		}
+		return false
+	})
+	if err != nil {
+		return 0, err
+	}
+	return h.Used, derr
+}
