@@ -24,6 +24,18 @@ const startTimeout = 30 * time.Second
 // the client and then the server.
 func Start(tb testing.TB) *clientv3.Client {
 	tb.Helper()
+	return start(tb, false)
+}
+
+// StartDurable is [Start] with etcd's fsync on every commit, as a production
+// server runs: for benchmarks that measure persisted writes.
+func StartDurable(tb testing.TB) *clientv3.Client {
+	tb.Helper()
+	return start(tb, true)
+}
+
+func start(tb testing.TB, fsync bool) *clientv3.Client {
+	tb.Helper()
 
 	// Port 0 lets the kernel choose free ports without a race between picking
 	// a port and binding it. A single member never dials its own peer URL, so
@@ -48,7 +60,7 @@ func Start(tb testing.TB) *clientv3.Client {
 	cfg.AdvertisePeerUrls = []url.URL{loopback}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	// The data is thrown away after the test.
-	cfg.UnsafeNoFsync = true
+	cfg.UnsafeNoFsync = !fsync
 	// A lone member elects itself after an election timeout: keep it short.
 	cfg.TickMs = 10
 	cfg.ElectionMs = 100
