@@ -89,3 +89,63 @@ func ExampleWriteUsage() {
 	// | Block    | 10.244.0.0/26 |        64 | 5 (8%)     | 59 (92%)     |
 	// +----------+---------------+-----------+------------+--------------+
 }
+
+// LB pools hand LoadBalancer services their addresses; a sharing key lets
+// two services with different ports share one.
+func ExampleLBIPAM() {
+	ctx := context.Background()
+	lb, err := ipam.NewLBIPAM(ipam.LBConfig{Store: ipam.NewMemoryStore()})
+	if err != nil {
+		panic(err)
+	}
+	st, err := lb.SetPool(ctx, ipam.LBPool{
+		Name:                "blue",
+		Blocks:              []ipam.LBBlock{{CIDR: netip.MustParsePrefix("10.10.200.0/29")}},
+		ReserveFirstLastIPs: true, // Cilium's allowFirstLastIPs: "No"
+	})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("available:", st.Available)
+	web, _ := lb.Allocate(ctx, ipam.LBRequest{Service: "default/web", SharingKey: "edge",
+		Ports: []ipam.ServicePort{{Port: 80, Protocol: "TCP"}}})
+	dns, _ := lb.Allocate(ctx, ipam.LBRequest{Service: "default/dns", SharingKey: "edge",
+		Ports: []ipam.ServicePort{{Port: 53, Protocol: "UDP"}}})
+	fmt.Println(web.Service, web.Addrs, dns.Service, dns.Addrs)
+	// Output:
+	// available: 6
+	// default/web [10.10.200.1] default/dns [10.10.200.1]
+}
+
+// Nodes claim blocks of a pool and hand out pod addresses from them; the
+// usage report has the shape of calicoctl ipam show --show-blocks.
+func ExampleBlockPool() {
+	ctx := context.Background()
+	pool, err := ipam.NewBlockPool(ipam.BlockPoolConfig{
+		Store: ipam.NewMemoryStore(),
+		CIDRs: []netip.Prefix{netip.MustParsePrefix("192.168.0.0/24")},
+	})
+	if err != nil {
+		panic(err)
+	}
+	for i, node := range []string{"worker-1", "worker-1", "worker-2"} {
+		al, err := pool.Allocate(ctx, node, ipam.Owner{ContainerID: fmt.Sprintf("pod%d", i), IfName: "eth0"})
+		if err != nil {
+			panic(err)
+		}
+		fmt.Println(node, al.IPs[0].Address)
+	}
+	u, _ := pool.Usage(ctx)
+	ipam.WriteUsage(os.Stdout, u)
+	// Output:
+	// worker-1 192.168.0.0/32
+	// worker-1 192.168.0.1/32
+	// worker-2 192.168.0.64/32
+	// +----------+-----------------+-----------+------------+-----------+
+	// | GROUPING |      CIDR       | IPS TOTAL | IPS IN USE | IPS FREE  |
+	// +----------+-----------------+-----------+------------+-----------+
+	// | IP Pool  | 192.168.0.0/24  |       256 | 3 (1%)     | 253 (99%) |
+	// | Block    | 192.168.0.0/26  |        64 | 2 (3%)     | 62 (97%)  |
+	// | Block    | 192.168.0.64/26 |        64 | 1 (2%)     | 63 (98%)  |
+	// +----------+-----------------+-----------+------------+-----------+
+}

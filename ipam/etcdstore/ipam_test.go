@@ -33,6 +33,10 @@ func TestThreeNodes(t *testing.T) {
 	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/112")}
 	blockCIDRs := []netip.Prefix{netip.MustParsePrefix("10.96.0.0/24")}
 	podRange := []ipam.Range{{Subnet: netip.MustParsePrefix("192.0.2.0/25")}}
+	lbPool := ipam.LBPool{Name: "public", Blocks: []ipam.LBBlock{
+		{CIDR: netip.MustParsePrefix("198.51.100.0/26")},
+		{Start: netip.MustParseAddr("2001:db8::10"), Stop: netip.MustParseAddr("2001:db8::4f")},
+	}}
 
 	type result struct {
 		node  string
@@ -58,6 +62,16 @@ func TestThreeNodes(t *testing.T) {
 			}
 			pods, err := ipam.NewNodeAllocator(ipam.NodeConfig{Store: stores[n], Ranges: podRange})
 			if err != nil {
+				errs <- err
+				return
+			}
+			lb, err := ipam.NewLBIPAM(ipam.LBConfig{Store: stores[n]})
+			if err != nil {
+				errs <- err
+				return
+			}
+			// Every node declares the same pool at once.
+			if _, err := lb.SetPool(ctx, lbPool); err != nil {
 				errs <- err
 				return
 			}
@@ -89,6 +103,13 @@ func TestThreeNodes(t *testing.T) {
 					}
 					results <- result{node: name, addrs: got}
 				}
+				svc := fmt.Sprintf("default/svc-%d-%d", n, i)
+				al, err := lb.Allocate(ctx, ipam.LBRequest{Service: svc, Family: ipam.FamilyDual})
+				if err != nil {
+					errs <- fmt.Errorf("lb: %s: %w", svc, err)
+					return
+				}
+				results <- result{node: svc, addrs: al.Addrs}
 			}
 		}()
 	}
@@ -117,14 +138,15 @@ func TestThreeNodes(t *testing.T) {
 			addrOwner[a] = r.node
 		}
 	}
-	if nc != nodes*12*2 || na != nodes*12*3*2 {
-		t.Fatalf("%d CIDRs and %d addresses handed out, want %d and %d", nc, na, nodes*12*2, nodes*12*3*2)
+	if nc != nodes*12*2 || na != nodes*12*(3*2+2) {
+		t.Fatalf("%d CIDRs and %d addresses handed out, want %d and %d", nc, na, nodes*12*2, nodes*12*(3*2+2))
 	}
 	// The stored state agrees, seen from any node.
 	pool, _ := ipam.NewClusterPool(ipam.ClusterPoolConfig{Store: stores[0], CIDRs: cidrs})
 	blocks, _ := ipam.NewBlockPool(ipam.BlockPoolConfig{Store: stores[1], CIDRs: blockCIDRs, BlockSizeV4: 28})
 	pods, _ := ipam.NewNodeAllocator(ipam.NodeConfig{Store: stores[2], Ranges: podRange})
-	for _, c := range []interface{ Check(context.Context) error }{pool, blocks, pods} {
+	lb, _ := ipam.NewLBIPAM(ipam.LBConfig{Store: stores[0]})
+	for _, c := range []interface{ Check(context.Context) error }{pool, blocks, pods, lb} {
 		if err := c.Check(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -132,5 +154,40 @@ func TestThreeNodes(t *testing.T) {
 	u, _ := pool.Usage(ctx)
 	if u[0].InUse != nodes*12 || u[1].InUse != nodes*12 {
 		t.Fatalf("cluster pool usage %+v", u)
+	}
+}
+
+// TestDeleteBigLBPool deletes a pool holding more services than etcd lets
+// one transaction touch.
+func TestDeleteBigLBPool(t *testing.T) {
+	ctx := context.Background()
+	s, err := etcdstore.New(etcdtest.Start(t), etcdstore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := ipam.NewLBIPAM(ipam.LBConfig{Store: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lb.SetPool(ctx, ipam.LBPool{Name: "big", Blocks: []ipam.LBBlock{{CIDR: netip.MustParsePrefix("198.51.100.0/24")}}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		if _, err := lb.Allocate(ctx, ipam.LBRequest{Service: fmt.Sprintf("ns/svc%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	released, err := lb.DeletePool(ctx, "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(released) != 200 {
+		t.Fatalf("released %d, want 200", len(released))
+	}
+	if l, _ := lb.List(ctx); len(l) != 0 {
+		t.Fatalf("%d allocations left", len(l))
+	}
+	if err := lb.Check(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
