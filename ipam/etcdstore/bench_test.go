@@ -8,7 +8,7 @@ import (
 
 	"github.com/netblocks/netblocks/ipam"
 	"github.com/netblocks/netblocks/ipam/etcdstore"
-	"github.com/netblocks/netblocks/ipam/etcdstore/internal/etcdtest"
+	"github.com/netblocks/netblocks/internal/etcdtest"
 )
 
 // BenchmarkAllocateRelease measures one pod address allocated, persisted
