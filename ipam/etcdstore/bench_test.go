@@ -6,9 +6,9 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/netblocks/netblocks/internal/etcdtest"
 	"github.com/netblocks/netblocks/ipam"
 	"github.com/netblocks/netblocks/ipam/etcdstore"
-	"github.com/netblocks/netblocks/internal/etcdtest"
 )
 
 // BenchmarkAllocateRelease measures one pod address allocated, persisted

@@ -7,9 +7,9 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/netblocks/netblocks/internal/etcdtest"
 	"github.com/netblocks/netblocks/ipam"
 	"github.com/netblocks/netblocks/ipam/etcdstore"
-	"github.com/netblocks/netblocks/internal/etcdtest"
 )
 
 // TestThreeNodes has three "nodes", each with its own etcd client and

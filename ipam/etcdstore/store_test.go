@@ -13,9 +13,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/netblocks/netblocks/internal/etcdtest"
 	"github.com/netblocks/netblocks/ipam"
 	"github.com/netblocks/netblocks/ipam/etcdstore"
-	"github.com/netblocks/netblocks/internal/etcdtest"
 	"github.com/netblocks/netblocks/ipam/internal/storetest"
 )
 
