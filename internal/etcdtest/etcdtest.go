@@ -4,6 +4,7 @@ package etcdtest
 import (
 	"net/url"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,17 +25,29 @@ const startTimeout = 30 * time.Second
 // the client and then the server.
 func Start(tb testing.TB) *clientv3.Client {
 	tb.Helper()
-	return start(tb, false)
+	c, _ := start(tb, false)
+	return c
 }
 
 // StartDurable is [Start] with etcd's fsync on every commit, as a production
 // server runs: for benchmarks that measure persisted writes.
 func StartDurable(tb testing.TB) *clientv3.Client {
 	tb.Helper()
-	return start(tb, true)
+	c, _ := start(tb, true)
+	return c
 }
 
-func start(tb testing.TB, fsync bool) *clientv3.Client {
+// StartStoppable is [Start], and also returns a function that stops the
+// server while the test goes on, as a crash would: the member stops at once
+// (it commits, renews and answers nothing more), then its listeners close.
+// Clients see their requests fail or time out. Calling stop again, and the
+// cleanup after it, do nothing more.
+func StartStoppable(tb testing.TB) (client *clientv3.Client, stop func()) {
+	tb.Helper()
+	return start(tb, false)
+}
+
+func start(tb testing.TB, fsync bool) (*clientv3.Client, func()) {
 	tb.Helper()
 
 	// Port 0 lets the kernel choose free ports without a race between picking
@@ -69,9 +82,19 @@ func start(tb testing.TB, fsync bool) *clientv3.Client {
 	if err != nil {
 		tb.Fatalf("start etcd: %v", err)
 	}
+	var stopOnce sync.Once
+	stop := func() {
+		stopOnce.Do(func() {
+			closing.Store(true)
+			e.Server.HardStop()
+			e.Close()
+		})
+	}
 	tb.Cleanup(func() {
-		closing.Store(true)
-		e.Close()
+		stopOnce.Do(func() {
+			closing.Store(true)
+			e.Close()
+		})
 	})
 
 	select {
@@ -88,7 +111,7 @@ func start(tb testing.TB, fsync bool) *clientv3.Client {
 		endpoints = append(endpoints, "http://"+l.Addr().String())
 	}
 	// Registered after e.Close, so it runs before it.
-	return Connect(tb, endpoints...)
+	return Connect(tb, endpoints...), stop
 }
 
 // Connect returns a new client for endpoints, for example those of a client
