@@ -101,10 +101,10 @@ func (p *plan) upsert(s Service) error {
 	}
 
 	for _, b := range s.Backends {
-		if _, err := p.backendID(backendKey{b.Addr, s.Protocol}, b); err != nil {
+		if _, err := p.backendID(backendKey{b.Addr, s.Protocol, b.NodeLocal}, b); err != nil {
 			return fmt.Errorf("lbmap: service %v: %w", k, err)
 		}
-		p.refDelta[backendKey{b.Addr, s.Protocol}]++
+		p.refDelta[backendKey{b.Addr, s.Protocol, b.NodeLocal}]++
 	}
 	var err error
 	if st.internal, err = p.writeSet(s, s.usable(false)); err != nil {
@@ -166,7 +166,7 @@ func (p *plan) putService(k lbSvcKey, v lbSvc, old *svcState, external bool) {
 // sets go, its source ranges were handled by the caller.
 func (p *plan) release(old *svcState) {
 	for _, b := range old.svc.Backends {
-		p.refDelta[backendKey{b.Addr, old.svc.Protocol}]--
+		p.refDelta[backendKey{b.Addr, old.svc.Protocol, b.NodeLocal}]--
 	}
 	for _, set := range []setRef{old.internal, old.external} {
 		for i := range set.slots {
@@ -240,7 +240,7 @@ func (p *plan) writeSet(s Service, usable []Backend) (setRef, error) {
 	ref := setRef{present: true, id: p.nextSet}
 	var ids []uint32
 	idOf := func(b Backend) uint32 {
-		id, _ := p.backendID(backendKey{b.Addr, s.Protocol}, b) // allocated by upsert already
+		id, _ := p.backendID(backendKey{b.Addr, s.Protocol, b.NodeLocal}, b) // allocated by upsert already
 		return id
 	}
 	switch {
@@ -249,7 +249,7 @@ func (p *plan) writeSet(s Service, usable []Backend) (setRef, error) {
 	case s.Algorithm == Maglev:
 		mb := make([]maglevBackend, len(usable))
 		for i, b := range usable {
-			mb[i] = maglevBackend{Key: backendKey{b.Addr, s.Protocol}.String(), Weight: b.Weight}
+			mb[i] = maglevBackend{Key: backendKey{b.Addr, s.Protocol, b.NodeLocal}.String(), Weight: b.Weight}
 		}
 		table, err := maglevTable(mb, s.MaglevTableSize)
 		if err != nil {

@@ -13,6 +13,9 @@ const (
 	DefaultMaxAffinity     = 65536
 	DefaultMaxSourceRanges = 4096
 	DefaultGracePeriod     = time.Second
+	DefaultMaxNAT          = 131072
+	DefaultNATPortMin      = 61000
+	DefaultNATPortMax      = 65535
 )
 
 // Config configures a Table. The zero value works: the defaults below.
@@ -44,6 +47,17 @@ type Config struct {
 	// finds it freed. They are deleted by a later Upsert, Delete or Reconcile.
 	// Default 1 s.
 	GracePeriod time.Duration
+	// MaxNAT is the size of the uplink datapath's NAT table: two entries per
+	// connection SNATed to a backend on another node. Default 131072.
+	MaxNAT int
+	// NATPortMin and NATPortMax bound the ports connections are SNATed to
+	// (both included). A port is unique per backend address and port, so
+	// each backend takes up to NATPortMax-NATPortMin+1 connections from
+	// this node's uplink at once. Keep the range out of the node's ephemeral
+	// port range (net.ipv4.ip_local_port_range), or the node's own
+	// connections to a backend may meet a NAT port. Defaults 61000 and
+	// 65535 (each for 0).
+	NATPortMin, NATPortMax uint16
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -58,6 +72,7 @@ func (c Config) withDefaults() (Config, error) {
 		{"MaxAffinity", &c.MaxAffinity, DefaultMaxAffinity, 1 << 24},
 		{"MaxSourceRanges", &c.MaxSourceRanges, DefaultMaxSourceRanges, 1 << 20},
 		{"MaglevTableSize", &c.MaglevTableSize, DefaultMaglevTableSize, MaglevMaxTableSize},
+		{"MaxNAT", &c.MaxNAT, DefaultMaxNAT, 1 << 24},
 	} {
 		switch {
 		case *f.v < 0:
@@ -73,6 +88,15 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.GracePeriod < 0 {
 		return c, fmt.Errorf("lbmap: GracePeriod %v is negative", c.GracePeriod)
+	}
+	if c.NATPortMin == 0 {
+		c.NATPortMin = DefaultNATPortMin
+	}
+	if c.NATPortMax == 0 {
+		c.NATPortMax = DefaultNATPortMax
+	}
+	if c.NATPortMin > c.NATPortMax {
+		return c, fmt.Errorf("lbmap: NAT port range %d-%d is empty (NATPortMin is above NATPortMax)", c.NATPortMin, c.NATPortMax)
 	}
 	if c.GracePeriod == 0 {
 		c.GracePeriod = DefaultGracePeriod

@@ -47,15 +47,59 @@
 // connect and sendmsg go to a backend directly, recvmsg shows the frontend,
 // with no per-packet NAT (Cilium's host-reachable services).
 //
-// Traffic from outside the node (NodePort and LoadBalancer arriving on an
-// uplink) is not handled yet; the service map already has an external scope,
-// written for non-ClusterIP services with traffic policy Local (only local
-// backends), for that datapath to use.
+// Traffic from outside the node arriving on its uplink is the north-south
+// datapath's ([Table.AttachUplink], below).
+//
+// # North-south
+//
+// [Table.AttachUplink] puts a second datapath on a node's uplink, for
+// clients outside the cluster: on tc ingress, a TCP or UDP packet (IPv4 or
+// IPv6) to a NodePort, LoadBalancer or ExternalIP frontend of the table is
+// DNATed to a backend chosen once per connection, as on the pod side.
+// ClusterIP frontends are not served there, and every other packet passes
+// untouched. A NodePort service is one [Service] per node address the
+// NodePort answers on (Frontend is that address and the node port).
+//
+// A backend on this node ([Backend.NodeLocal]) gets the packet with the
+// client's address, through the node's stack; tc egress of the uplink
+// translates its replies back to the frontend. A backend on another node gets
+// it SNATed to the node's uplink address ([UplinkConfig]) and a NAT port,
+// sent straight back out of the uplink to the next hop (bpf_redirect_neigh:
+// remote backends are reached through the uplink, native routing); its
+// replies come back to that port, and are translated to frontend -> client
+// and sent out the same way, so the client only ever sees the frontend.
+//
+// The NAT table, a BPF hash map beside the conntrack table, holds two entries
+// per SNATed connection (client -> backend, and the reply tuple backend ->
+// node:port). NAT ports come from [Config.NATPortMin]..[Config.NATPortMax],
+// unique per backend address, port and protocol: the datapath tries ports
+// in sequence from a hash of the connection, up to 32, and claims one by
+// inserting its reply entry only if it does not exist, so two connections
+// never share one. A connection that finds none is dropped and counted
+// ([Stats].DropNATFull). The entries live as long as the connection's
+// conntrack entry (client -> backend): [Table.GCNAT], run after the
+// conntrack table's GC, deletes the others and frees their ports;
+// [Table.NATEntries] lists them.
+//
+// Traffic policy Local: traffic from outside goes only to this node's
+// backends, never SNATed (the backend sees the client's address); a node
+// without one drops it and counts it ([Stats].DropNoBackend).
+// [Table.HasLocalBackends] tells whether this node should attract a service's
+// traffic (an l2announce caller announces a LoadBalancer address only where
+// it is true). Source ranges apply as on the pod side: a client outside them
+// is dropped and counted ([Stats].DropSourceRange).
+//
+// Not done yet: an XDP variant of the uplink program, ICMP errors about
+// SNATed connections (those about local backends' connections are
+// translated), hairpin (a pod reaching a service whose backend is itself),
+// TTL/hop-limit decrement on the packets sent straight back out, and remote
+// backends reached through a device other than the uplink (an overlay).
 //
 // # Kernel requirements
 //
 // Linux 6.6 or later (TCX) with BTF; cgroup v2 for socket-level load
-// balancing. Root, or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN.
+// balancing; bpf_redirect_neigh (5.10) for the north-south datapath. Root,
+// or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN.
 //
 // # Limits
 //

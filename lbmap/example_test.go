@@ -74,3 +74,43 @@ func ExampleValidMaglevTableSize() {
 	// <nil>
 	// lbmap: Maglev table size 16384 is not prime (nearest primes 16381 and 16411)
 }
+
+// Serve a LoadBalancer address and a NodePort from outside the cluster on a
+// node's uplink, SNATing connections to backends on other nodes to the
+// node's address, and reclaim NAT ports of finished connections.
+func ExampleTable_AttachUplink() {
+	var (
+		ct *conntrack.Table // from conntrack.New
+		lb *lbmap.Table     // from lbmap.New(lbmap.Config{}, ct)
+	)
+	node := netip.MustParseAddr("192.0.2.2")
+	backends := []lbmap.Backend{
+		{Addr: netip.MustParseAddrPort("10.244.1.5:8080"), Weight: 1, NodeLocal: true},
+		{Addr: netip.MustParseAddrPort("10.244.2.7:8080"), Weight: 1}, // on another node
+	}
+	for _, s := range []lbmap.Service{
+		{Frontend: netip.MustParseAddrPort("10.10.200.1:80"), Protocol: lbmap.TCP, Type: lbmap.LoadBalancer, Backends: backends},
+		{Frontend: netip.AddrPortFrom(node, 30080), Protocol: lbmap.TCP, Type: lbmap.NodePort, Backends: backends},
+	} {
+		if err := lb.Upsert(s); err != nil {
+			log.Fatal(err)
+		}
+	}
+	uplink, err := net.InterfaceByName("eth0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	up, err := lb.AttachUplink(uplink.Index, lbmap.UplinkConfig{SNAT4: node})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer up.Close()
+	for range time.Tick(time.Minute) {
+		if _, err := ct.GC(time.Now()); err != nil {
+			log.Fatal(err)
+		}
+		if _, err := lb.GCNAT(time.Now()); err != nil {
+			log.Fatal(err)
+		}
+	}
+}

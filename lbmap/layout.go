@@ -63,8 +63,32 @@ type lbSrcRangeKey struct {
 	Addr      [16]byte
 }
 
+// lbNATKey is struct lb_nat_key: conntrack's tuple layout.
+type lbNATKey struct {
+	Saddr  [16]byte
+	Daddr  [16]byte
+	Sport  [2]byte // network order
+	Dport  [2]byte // network order
+	Proto  uint8
+	Family uint8
+	Pad    [2]byte
+}
+
+type lbNAT struct {
+	Addr    [16]byte
+	Port    [2]byte // network order
+	Flags   uint8
+	Pad     uint8
+	RevNAT  uint32 `btf:"rev_nat"`
+	Created uint64
+}
+
 // Values of lb.h's enums.
 const (
+	natFlagReverse = 1 << 0
+
+	backendFlagLocal = 0x80
+
 	scopeInternal = 0
 	scopeExternal = 1
 
@@ -81,6 +105,9 @@ const (
 	statDropSourceRange = 4
 	statSockTranslate   = 5
 	statReselect        = 6
+	statSNAT            = 7
+	statRevSNAT         = 8
+	statDropNATFull     = 9
 )
 
 func addr16(a netip.Addr) (b [16]byte, family uint8) {
@@ -104,7 +131,11 @@ func svcKey(k ServiceKey, scope uint8) lbSvcKey {
 
 func backendValue(b Backend) lbBackend {
 	a, fam := addr16(b.Addr.Addr())
-	return lbBackend{Addr: a, Port: be16(b.Addr.Port()), Family: fam, State: uint8(b.State)}
+	v := lbBackend{Addr: a, Port: be16(b.Addr.Port()), Family: fam, State: uint8(b.State)}
+	if b.NodeLocal {
+		v.State |= backendFlagLocal
+	}
+	return v
 }
 
 func srcRangeKey(revNAT uint32, p netip.Prefix) lbSrcRangeKey {
@@ -112,4 +143,16 @@ func srcRangeKey(revNAT uint32, p netip.Prefix) lbSrcRangeKey {
 	var rn [4]byte
 	binary.BigEndian.PutUint32(rn[:], revNAT)
 	return lbSrcRangeKey{Prefixlen: uint32(64 + p.Bits()), RevNAT: rn, Family: fam, Addr: a}
+}
+
+func addrFrom16(b [16]byte, family uint8) netip.Addr {
+	if family == 4 {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16(b)
+}
+
+func natKeyFlow(k lbNATKey) (src, dst netip.AddrPort) {
+	return netip.AddrPortFrom(addrFrom16(k.Saddr, k.Family), binary.BigEndian.Uint16(k.Sport[:])),
+		netip.AddrPortFrom(addrFrom16(k.Daddr, k.Family), binary.BigEndian.Uint16(k.Dport[:]))
 }

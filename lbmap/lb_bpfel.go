@@ -89,6 +89,39 @@ type lbLbBackend struct {
 	State  uint8
 }
 
+type lbLbNat struct {
+	_    structs.HostLayout
+	Addr struct {
+		_  structs.HostLayout
+		V4 uint32
+		_  [12]byte
+	}
+	Port    uint16
+	Flags   uint8
+	Pad     uint8
+	RevNat  uint32
+	Created uint64
+}
+
+type lbLbNatKey struct {
+	_     structs.HostLayout
+	Saddr struct {
+		_  structs.HostLayout
+		V4 uint32
+		_  [12]byte
+	}
+	Daddr struct {
+		_  structs.HostLayout
+		V4 uint32
+		_  [12]byte
+	}
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Pad    [2]uint8
+}
+
 type lbLbRevnat struct {
 	_    structs.HostLayout
 	Addr struct {
@@ -163,6 +196,7 @@ const (
 	lbMapNbCtStats       = "nb_ct_stats"
 	lbMapNbLbAffinity    = "nb_lb_affinity"
 	lbMapNbLbBackends    = "nb_lb_backends"
+	lbMapNbLbNat         = "nb_lb_nat"
 	lbMapNbLbRevnat      = "nb_lb_revnat"
 	lbMapNbLbSlots       = "nb_lb_slots"
 	lbMapNbLbSrcRange    = "nb_lb_src_range"
@@ -227,6 +261,7 @@ type lbMapSpecs struct {
 	NbCtStats    *ebpf.MapSpec `ebpf:"nb_ct_stats"`
 	NbLbAffinity *ebpf.MapSpec `ebpf:"nb_lb_affinity"`
 	NbLbBackends *ebpf.MapSpec `ebpf:"nb_lb_backends"`
+	NbLbNat      *ebpf.MapSpec `ebpf:"nb_lb_nat"`
 	NbLbRevnat   *ebpf.MapSpec `ebpf:"nb_lb_revnat"`
 	NbLbSlots    *ebpf.MapSpec `ebpf:"nb_lb_slots"`
 	NbLbSrcRange *ebpf.MapSpec `ebpf:"nb_lb_src_range"`
@@ -265,6 +300,7 @@ type lbMaps struct {
 	NbCtStats    *ebpf.Map `ebpf:"nb_ct_stats"`
 	NbLbAffinity *ebpf.Map `ebpf:"nb_lb_affinity"`
 	NbLbBackends *ebpf.Map `ebpf:"nb_lb_backends"`
+	NbLbNat      *ebpf.Map `ebpf:"nb_lb_nat"`
 	NbLbRevnat   *ebpf.Map `ebpf:"nb_lb_revnat"`
 	NbLbSlots    *ebpf.Map `ebpf:"nb_lb_slots"`
 	NbLbSrcRange *ebpf.Map `ebpf:"nb_lb_src_range"`
@@ -279,6 +315,7 @@ func (m *lbMaps) Close() error {
 		m.NbCtStats,
 		m.NbLbAffinity,
 		m.NbLbBackends,
+		m.NbLbNat,
 		m.NbLbRevnat,
 		m.NbLbSlots,
 		m.NbLbSrcRange,

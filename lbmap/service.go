@@ -14,7 +14,7 @@ type Type uint8
 
 const (
 	ClusterIP    Type = iota // reachable inside the cluster
-	NodePort                 // a node address and port (traffic from outside: a later datapath)
+	NodePort                 // a node address and port (traffic from outside: Table.AttachUplink)
 	LoadBalancer             // an external load balancer address
 	ExternalIP               // an external address routed to the nodes
 )

@@ -44,6 +44,39 @@ type sockLbBackend struct {
 	State  uint8
 }
 
+type sockLbNat struct {
+	_    structs.HostLayout
+	Addr struct {
+		_  structs.HostLayout
+		V4 uint32
+		_  [12]byte
+	}
+	Port    uint16
+	Flags   uint8
+	Pad     uint8
+	RevNat  uint32
+	Created uint64
+}
+
+type sockLbNatKey struct {
+	_     structs.HostLayout
+	Saddr struct {
+		_  structs.HostLayout
+		V4 uint32
+		_  [12]byte
+	}
+	Daddr struct {
+		_  structs.HostLayout
+		V4 uint32
+		_  [12]byte
+	}
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Pad    [2]uint8
+}
+
 type sockLbRevnat struct {
 	_    structs.HostLayout
 	Addr struct {
@@ -128,6 +161,7 @@ type sockLbSvcKey struct {
 const (
 	sockMapNbLbAffinity    = "nb_lb_affinity"
 	sockMapNbLbBackends    = "nb_lb_backends"
+	sockMapNbLbNat         = "nb_lb_nat"
 	sockMapNbLbRevnat      = "nb_lb_revnat"
 	sockMapNbLbSlots       = "nb_lb_slots"
 	sockMapNbLbSockRevnat  = "nb_lb_sock_revnat"
@@ -198,6 +232,7 @@ type sockProgramSpecs struct {
 type sockMapSpecs struct {
 	NbLbAffinity   *ebpf.MapSpec `ebpf:"nb_lb_affinity"`
 	NbLbBackends   *ebpf.MapSpec `ebpf:"nb_lb_backends"`
+	NbLbNat        *ebpf.MapSpec `ebpf:"nb_lb_nat"`
 	NbLbRevnat     *ebpf.MapSpec `ebpf:"nb_lb_revnat"`
 	NbLbSlots      *ebpf.MapSpec `ebpf:"nb_lb_slots"`
 	NbLbSockRevnat *ebpf.MapSpec `ebpf:"nb_lb_sock_revnat"`
@@ -234,6 +269,7 @@ func (o *sockObjects) Close() error {
 type sockMaps struct {
 	NbLbAffinity   *ebpf.Map `ebpf:"nb_lb_affinity"`
 	NbLbBackends   *ebpf.Map `ebpf:"nb_lb_backends"`
+	NbLbNat        *ebpf.Map `ebpf:"nb_lb_nat"`
 	NbLbRevnat     *ebpf.Map `ebpf:"nb_lb_revnat"`
 	NbLbSlots      *ebpf.Map `ebpf:"nb_lb_slots"`
 	NbLbSockRevnat *ebpf.Map `ebpf:"nb_lb_sock_revnat"`
@@ -246,6 +282,7 @@ func (m *sockMaps) Close() error {
 	return _SockClose(
 		m.NbLbAffinity,
 		m.NbLbBackends,
+		m.NbLbNat,
 		m.NbLbRevnat,
 		m.NbLbSlots,
 		m.NbLbSockRevnat,

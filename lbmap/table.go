@@ -22,6 +22,7 @@ const (
 	mapAffinity = "nb_lb_affinity"
 	mapSrcRange = "nb_lb_src_range"
 	mapStats    = "nb_lb_stats"
+	mapNAT      = "nb_lb_nat"
 )
 
 // Table holds services in BPF maps for the datapath (Table.Attach) and the
@@ -75,6 +76,7 @@ type setRef struct {
 type backendKey struct {
 	addr  netip.AddrPort
 	proto Protocol
+	local bool // Backend.NodeLocal, which the backend's entry records
 }
 
 type backendRef struct {
@@ -113,6 +115,7 @@ func New(cfg Config, ct *conntrack.Table) (*Table, error) {
 	sizes := map[string]int{
 		mapSvc: cfg.MaxServices, mapSlots: cfg.MaxSlots, mapBackends: cfg.MaxBackends,
 		mapRevNAT: cfg.MaxServices, mapAffinity: cfg.MaxAffinity, mapSrcRange: cfg.MaxSourceRanges, mapStats: 0,
+		mapNAT: cfg.MaxNAT,
 	}
 	for name, size := range sizes {
 		ms := spec.Maps[name].Copy()
@@ -281,6 +284,9 @@ type Stats struct {
 	DropSourceRange uint64 // packets from clients outside a service's source ranges, dropped
 	SockTranslate   uint64 // socket connects and sends translated to a backend
 	Reselect        uint64 // connections whose backend was removed, moved to another
+	SNAT            uint64 // uplink: packets to a backend on another node, SNATed to this node
+	RevSNAT         uint64 // uplink: replies of SNATed connections translated back
+	DropNATFull     uint64 // uplink: new connections to a remote backend without a free NAT port (or SNAT address), dropped
 }
 
 // Stats reads the datapath's counters.
@@ -289,6 +295,7 @@ func (t *Table) Stats() (Stats, error) {
 	for idx, f := range map[uint32]*uint64{
 		statDNAT: &s.DNAT, statRevNAT: &s.RevNAT, statRevNATICMP: &s.RevNATICMP, statDropNoBackend: &s.DropNoBackend,
 		statDropSourceRange: &s.DropSourceRange, statSockTranslate: &s.SockTranslate, statReselect: &s.Reselect,
+		statSNAT: &s.SNAT, statRevSNAT: &s.RevSNAT, statDropNATFull: &s.DropNATFull,
 	} {
 		var perCPU []uint64
 		if err := t.maps[mapStats].Lookup(idx, &perCPU); err != nil {

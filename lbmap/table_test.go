@@ -20,7 +20,7 @@ func TestLayout(t *testing.T) {
 	}
 	for name, v := range map[string]any{
 		"lb_svc_key": lbSvcKey{}, "lb_svc": lbSvc{}, "lb_svc_info": lbSvcInfo{}, "lb_slot_key": lbSlotKey{}, "lb_backend": lbBackend{},
-		"lb_revnat": lbRevNAT{}, "lb_src_range_key": lbSrcRangeKey{},
+		"lb_revnat": lbRevNAT{}, "lb_src_range_key": lbSrcRangeKey{}, "lb_nat_key": lbNATKey{}, "lb_nat": lbNAT{},
 	} {
 		testutil.RequireLayout(t, spec.Types, name, v)
 	}
@@ -123,6 +123,9 @@ func TestConfigErrors(t *testing.T) {
 		{Config{MaxSlots: 1 << 30}, "over the limit"},
 		{Config{MaglevTableSize: 1000}, "not prime"},
 		{Config{GracePeriod: -time.Second}, "negative"},
+		{Config{NATPortMin: 62000, NATPortMax: 61000}, "NAT port range 62000-61000 is empty"},
+		{Config{NATPortMax: 1024}, "NAT port range 61000-1024 is empty"},
+		{Config{MaxNAT: -1}, "MaxNAT -1 is negative"},
 	} {
 		if _, err := New(tt.cfg, nil); err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("New(%+v) = %v, want %q", tt.cfg, err, tt.want)

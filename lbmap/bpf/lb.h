@@ -45,7 +45,10 @@ enum {
 	LB_STAT_DROP_SOURCE_RANGE = 4,	/* packets from a client outside the service's source ranges */
 	LB_STAT_SOCK_XLATE = 5,		/* socket connects/sends translated */
 	LB_STAT_RESELECT = 6,		/* connections whose backend went away, moved to another */
-	LB_STAT_MAX = 8,
+	LB_STAT_SNAT = 7,		/* uplink: packets to a remote backend SNATed to the node */
+	LB_STAT_REVSNAT = 8,		/* uplink: replies of SNATed connections translated back */
+	LB_STAT_DROP_NAT_EXHAUSTED = 9,	/* uplink: new connections without a free NAT port, dropped */
+	LB_STAT_MAX = 16,
 };
 
 struct lb_svc_key {
@@ -89,11 +92,14 @@ struct lb_slot_key {
 	__u32 slot;
 };
 
+/* Set in struct lb_backend.state for a backend on this node. */
+#define LB_BACKEND_F_LOCAL 0x80
+
 struct lb_backend {
 	union nb_addr addr;
 	__be16 port;		/* network order */
 	__u8 family;		/* 4 or 6 */
-	__u8 state;		/* informational: the Go side puts only usable backends in sets */
+	__u8 state;		/* informational (the Go side puts only usable backends in sets), | LB_BACKEND_F_LOCAL */
 };
 
 struct lb_revnat {
@@ -123,6 +129,40 @@ struct lb_src_range_key {
 	__u8 family;
 	__u8 pad[3];
 	union nb_addr addr;
+};
+
+/*
+ * NAT entries of the uplink datapath (nodeport.c), two per SNATed connection,
+ * both keyed by a struct lb_nat_key (a conntrack tuple): the forward one by the connection's tuple
+ * after DNAT (client -> backend, the key of its conntrack entry), holding the
+ * node address and port it is SNATed to; the reverse one by the replies'
+ * tuple (backend -> node address and NAT port), holding the client's address
+ * and port and the rev-NAT index. Reverse entries are inserted with
+ * BPF_NOEXIST, so two connections never share a NAT port; the Go side deletes
+ * both once the conntrack entry is gone.
+ */
+enum {
+	LB_NAT_F_REVERSE = 1 << 0,
+};
+
+/* The layout of conntrack.h's struct ct_tuple. */
+struct lb_nat_key {
+	union nb_addr saddr;
+	union nb_addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+struct lb_nat {
+	union nb_addr addr;	/* forward: the SNAT address; reverse: the client's */
+	__be16 port;		/* forward: the NAT port; reverse: the client's port */
+	__u8 flags;		/* LB_NAT_F_* */
+	__u8 pad;
+	__u32 rev_nat;		/* reverse: the service's rev-NAT index */
+	__u64 created;		/* bpf_ktime_get_ns */
 };
 
 #ifndef LB_MAX_SERVICES
@@ -174,6 +214,14 @@ struct {
 } nb_lb_src_range SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 131072);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb_nat_key);
+	__type(value, struct lb_nat);
+} nb_lb_nat SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, LB_STAT_MAX);
 	__type(key, __u32);
@@ -189,12 +237,13 @@ static __always_inline void lb_count(__u32 stat)
 }
 
 /*
- * lb_lookup_service finds the service of a destination, in the internal
- * scope, and copies what its entry says into *info. Returns 1 if found, 0 if
- * not (or if the entry was replaced by another service's while it was read).
+ * lb_lookup_service_scope finds the service of a destination, in scope
+ * (LB_SCOPE_*), and copies what its entry says into *info. Returns 1 if found,
+ * 0 if not (or if the entry was replaced by another service's while it was
+ * read).
  */
-static __always_inline int lb_lookup_service(const union nb_addr *addr, __be16 port, __u8 proto, __u8 family,
-					     struct lb_svc_info *info)
+static __always_inline int lb_lookup_service_scope(const union nb_addr *addr, __be16 port, __u8 proto, __u8 family,
+						   __u8 scope, struct lb_svc_info *info)
 {
 	struct lb_svc_key k = {}, seen;
 	struct lb_svc *v;
@@ -203,7 +252,7 @@ static __always_inline int lb_lookup_service(const union nb_addr *addr, __be16 p
 	k.port = port;
 	k.proto = proto;
 	k.family = family;
-	k.scope = LB_SCOPE_INTERNAL;
+	k.scope = scope;
 	v = bpf_map_lookup_elem(&nb_lb_svc, &k);
 	if (!v)
 		return 0;
@@ -212,6 +261,13 @@ static __always_inline int lb_lookup_service(const union nb_addr *addr, __be16 p
 	seen = v->key;
 	bpf_spin_unlock(&v->lock);
 	return !__builtin_memcmp(&seen, &k, sizeof(k));
+}
+
+/* lb_lookup_service is lb_lookup_service_scope in the internal scope. */
+static __always_inline int lb_lookup_service(const union nb_addr *addr, __be16 port, __u8 proto, __u8 family,
+					     struct lb_svc_info *info)
+{
+	return lb_lookup_service_scope(addr, port, proto, family, LB_SCOPE_INTERNAL, info);
 }
 
 /* lb_source_allowed reports whether client may use svc (always, without source ranges). */
