@@ -2,6 +2,7 @@ package lbmap
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -16,6 +17,19 @@ const (
 	DefaultMaxNAT          = 131072
 	DefaultNATPortMin      = 61000
 	DefaultNATPortMax      = 65535
+)
+
+// Default hairpin addresses (Config.HairpinAddr4 and HairpinAddr6).
+// 169.254.42.1 is Cilium's IPv4 service loopback address, link-local
+// (RFC 3927) and so never a pod's or a node's. IPv6 has no link-local
+// choice that works: every interface routes fe80::/64 on-link, so a pod
+// would look for the address by neighbour discovery instead of sending its
+// replies to its gateway. fd4e:6574:626c:6f6f::1 is a unique local address
+// (RFC 4193, from a pseudo-random /48 as the RFC asks) that no cluster is
+// expected to use; pods reach it by their default route.
+var (
+	DefaultHairpinAddr4 = netip.MustParseAddr("169.254.42.1")
+	DefaultHairpinAddr6 = netip.MustParseAddr("fd4e:6574:626c:6f6f::1")
 )
 
 // Config configures a Table. The zero value works: the defaults below.
@@ -58,6 +72,14 @@ type Config struct {
 	// connections to a backend may meet a NAT port. Defaults 61000 and
 	// 65535 (each for 0).
 	NATPortMin, NATPortMax uint16
+	// HairpinAddr4 and HairpinAddr6 are the source addresses a client
+	// (a pod) sees on its own connections to a service when the backend
+	// chosen is itself (hairpin; see the package documentation). Each
+	// must be an address that is no pod's or node's and that pods route
+	// to their gateway (the interface the datapath is attached to).
+	// Defaults DefaultHairpinAddr4 (169.254.42.1) and DefaultHairpinAddr6
+	// (fd4e:6574:626c:6f6f::1), each for the zero netip.Addr.
+	HairpinAddr4, HairpinAddr6 netip.Addr
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -100,6 +122,18 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.GracePeriod == 0 {
 		c.GracePeriod = DefaultGracePeriod
+	}
+	if !c.HairpinAddr4.IsValid() {
+		c.HairpinAddr4 = DefaultHairpinAddr4
+	}
+	if c.HairpinAddr4 = c.HairpinAddr4.Unmap(); !c.HairpinAddr4.Is4() || c.HairpinAddr4.IsUnspecified() {
+		return c, fmt.Errorf("lbmap: HairpinAddr4 %v is not a specified IPv4 address", c.HairpinAddr4)
+	}
+	if !c.HairpinAddr6.IsValid() {
+		c.HairpinAddr6 = DefaultHairpinAddr6
+	}
+	if !c.HairpinAddr6.Is6() || c.HairpinAddr6.Is4In6() || c.HairpinAddr6.IsUnspecified() || c.HairpinAddr6.Zone() != "" {
+		return c, fmt.Errorf("lbmap: HairpinAddr6 %v is not a specified IPv6 address without a zone", c.HairpinAddr6)
 	}
 	return c, nil
 }

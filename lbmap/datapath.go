@@ -10,7 +10,8 @@ import (
 
 // Datapath is the load balancer attached to the interface facing the
 // clients: tc ingress DNATs packets to services, tc egress translates replies
-// (and ICMP errors about the connections) back.
+// (and ICMP errors about the connections) back. A client whose connection is
+// load-balanced to itself is hairpinned (see the package documentation).
 type Datapath struct {
 	ingress, egress link.Link
 }
@@ -46,6 +47,13 @@ func (t *Table) loadDatapath() (*lbPrograms, error) {
 	spec, err := loadLb()
 	if err != nil {
 		return nil, fmt.Errorf("lbmap: %w", err)
+	}
+	for name, v := range map[string]any{
+		"lb_hairpin4": t.cfg.HairpinAddr4.As4(), "lb_hairpin6": t.cfg.HairpinAddr6.As16(),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("lbmap: set %s: %w", name, err)
+		}
 	}
 	repl, err := t.replacements(spec)
 	if err != nil {

@@ -50,6 +50,31 @@
 // Traffic from outside the node arriving on its uplink is the north-south
 // datapath's ([Table.AttachUplink], below).
 //
+// # Hairpin
+//
+// A pod may reach a service (a ClusterIP, NodePort, LoadBalancer or
+// ExternalIP frontend) whose backend chosen for the connection is the pod
+// itself. DNAT alone would hand the pod a packet from its own address to its
+// own address, which its kernel drops. So, as Cilium does, the datapath on
+// the pod's interface also SNATs such a packet to the hairpin address and
+// sends it straight back into the pod (bpf_redirect to the interface it came
+// from, Ethernet addresses swapped), without the node's stack: the pod's
+// server sees the hairpin address and the client's port. The pod answers the
+// hairpin address by its default route, so the reply comes back to the same
+// tc ingress, is translated to frontend -> client (the rev-NAT index comes
+// from the connection's client -> backend conntrack entry, as for any reply)
+// and sent back in too. TCP and UDP, IPv4 and IPv6; [Stats].Hairpin counts
+// the packets both ways.
+//
+// The hairpin address must be no pod's or node's, and pods must route it to
+// their gateway: [Config.HairpinAddr4] defaults to 169.254.42.1 (link-local,
+// Cilium's choice); [Config.HairpinAddr6] to fd4e:6574:626c:6f6f::1, a unique
+// local address, since an IPv6 link-local one is on-link in every pod (the
+// pod would look for it by neighbour discovery rather than send it to its
+// gateway). Not done: ICMP errors about hairpinned connections are not
+// translated. Socket-level load balancing ([Table.AttachCgroup]) needs no
+// hairpin: a connect translated to the pod's own address stays inside it.
+//
 // # North-south
 //
 // [Table.AttachUplink] puts a second datapath on a node's uplink, for
@@ -89,11 +114,15 @@
 // it is true). Source ranges apply as on the pod side: a client outside them
 // is dropped and counted ([Stats].DropSourceRange).
 //
+// A pod reaching a LoadBalancer (or NodePort, ExternalIP) address of a
+// service whose backend is itself is served on the pod's interface, not the
+// uplink (see Hairpin above).
+//
 // Not done yet: an XDP variant of the uplink program, ICMP errors about
 // SNATed connections (those about local backends' connections are
-// translated), hairpin (a pod reaching a service whose backend is itself),
-// TTL/hop-limit decrement on the packets sent straight back out, and remote
-// backends reached through a device other than the uplink (an overlay).
+// translated), and remote backends reached through a device other than the
+// uplink (an overlay). Packets sent straight back out of the uplink have
+// their TTL or hop limit decremented, as a router's would.
 //
 // # Kernel requirements
 //

@@ -108,6 +108,7 @@ const (
 	statSNAT            = 7
 	statRevSNAT         = 8
 	statDropNATFull     = 9
+	statHairpin         = 10
 )
 
 func addr16(a netip.Addr) (b [16]byte, family uint8) {

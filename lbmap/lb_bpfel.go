@@ -204,6 +204,8 @@ const (
 	lbMapNbLbSvc         = "nb_lb_svc"
 	lbProgNbLbFromClient = "nb_lb_from_client"
 	lbProgNbLbToClient   = "nb_lb_to_client"
+	lbVarLbHairpin4      = "lb_hairpin4"
+	lbVarLbHairpin6      = "lb_hairpin6"
 )
 
 // loadLb returns the embedded CollectionSpec for lb.
@@ -273,6 +275,8 @@ type lbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbVariableSpecs struct {
+	LbHairpin4 *ebpf.VariableSpec `ebpf:"lb_hairpin4"`
+	LbHairpin6 *ebpf.VariableSpec `ebpf:"lb_hairpin6"`
 }
 
 // lbObjects contains all objects after they have been loaded into the kernel.
@@ -328,6 +332,8 @@ func (m *lbMaps) Close() error {
 //
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbVariables struct {
+	LbHairpin4 *ebpf.Variable `ebpf:"lb_hairpin4"`
+	LbHairpin6 *ebpf.Variable `ebpf:"lb_hairpin6"`
 }
 
 // lbPrograms contains all programs after they have been loaded into the kernel.

@@ -287,6 +287,7 @@ type Stats struct {
 	SNAT            uint64 // uplink: packets to a backend on another node, SNATed to this node
 	RevSNAT         uint64 // uplink: replies of SNATed connections translated back
 	DropNATFull     uint64 // uplink: new connections to a remote backend without a free NAT port (or SNAT address), dropped
+	Hairpin         uint64 // packets of clients load-balanced to themselves (both ways), sent back into their interface
 }
 
 // Stats reads the datapath's counters.
@@ -296,6 +297,7 @@ func (t *Table) Stats() (Stats, error) {
 		statDNAT: &s.DNAT, statRevNAT: &s.RevNAT, statRevNATICMP: &s.RevNATICMP, statDropNoBackend: &s.DropNoBackend,
 		statDropSourceRange: &s.DropSourceRange, statSockTranslate: &s.SockTranslate, statReselect: &s.Reselect,
 		statSNAT: &s.SNAT, statRevSNAT: &s.RevSNAT, statDropNATFull: &s.DropNATFull,
+		statHairpin: &s.Hairpin,
 	} {
 		var perCPU []uint64
 		if err := t.maps[mapStats].Lookup(idx, &perCPU); err != nil {

@@ -6,6 +6,16 @@
  * service frontend is DNATed to a backend chosen once per connection and kept
  * in conntrack; on tc egress (packets to the client) replies, and ICMP errors
  * about the connection, are translated back to the frontend.
+ *
+ * Hairpin: when the backend chosen for a client's packet is the client itself
+ * (a pod reaching a service it backs), the packet is also SNATed to the
+ * hairpin address (lb_hairpin4/6) and sent straight back into the interface
+ * it came from, as Cilium does; without the SNAT the pod would get a packet
+ * from its own address. The pod answers the hairpin address, by its default
+ * route, so the reply comes to tc ingress here too: its destination is
+ * restored to the pod and its source to the frontend (the rev-NAT index is the
+ * connection's client -> backend conntrack entry's, whose tuple the reply
+ * names: client and backend are one address), and it is sent back in as well.
  */
 #include "nb_parse.h"
 #include "nb_csum.h"
@@ -16,6 +26,84 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* Which way the service and backend tuples run: the client's packets go IN. */
 #define LB_CT_DIR CT_DIR_IN
+
+/* Set by the Go side at load (Config.HairpinAddr4/6): the hairpin source addresses. */
+volatile const __be32 lb_hairpin4 = 0;
+volatile const __be32 lb_hairpin6[4] = {};
+
+/* lb_hairpin_addr fills *a with the hairpin address of family; returns -1 if it is not set. */
+static __always_inline int lb_hairpin_addr(__u8 family, union nb_addr *a)
+{
+	__builtin_memset(a, 0, sizeof(*a));
+	if (family == 4) {
+		a->v4 = lb_hairpin4;
+		return a->v4 ? 0 : -1;
+	}
+	a->v6[0] = lb_hairpin6[0];
+	a->v6[1] = lb_hairpin6[1];
+	a->v6[2] = lb_hairpin6[2];
+	a->v6[3] = lb_hairpin6[3];
+	return (a->v6[0] | a->v6[1] | a->v6[2] | a->v6[3]) ? 0 : -1;
+}
+
+/*
+ * lb_hairpin_out sends a packet back into the interface it came from (tc
+ * ingress to the same interface's egress): the Ethernet addresses swap, so
+ * the client's own MAC address is the destination.
+ */
+static __always_inline int lb_hairpin_out(struct __sk_buff *skb)
+{
+	__u8 in[12], out[12];
+
+	if (bpf_skb_load_bytes(skb, 0, in, sizeof(in)))
+		return TC_ACT_SHOT;
+	__builtin_memcpy(out, in + 6, 6);
+	__builtin_memcpy(out + 6, in, 6);
+	if (bpf_skb_store_bytes(skb, 0, out, sizeof(out), 0))
+		return TC_ACT_SHOT;
+	lb_count(LB_STAT_HAIRPIN);
+	return bpf_redirect(NB_READ_CTX(skb, ifindex), 0);
+}
+
+/*
+ * lb_hairpin_reply translates a client's reply to the hairpin address
+ * (client:bport -> hairpin:cport, the client being the backend of its own
+ * connection) to frontend -> client:cport and sends it back in. Returns a
+ * verdict, or -1 if p is no such reply.
+ */
+static __always_inline int lb_hairpin_reply(struct __sk_buff *skb, struct nb_pkt *p, __u8 family)
+{
+	struct lb_revnat *rn;
+	struct ct_entry *e;
+	struct ct_tuple t = {};
+	union nb_addr h, client;
+	__u32 idx;
+	int reply;
+
+	if (!p || lb_hairpin_addr(family, &h) || __builtin_memcmp(&p->daddr, &h, sizeof(h)))
+		return -1;
+	/* The connection's client -> backend tuple: client:cport -> client:bport. */
+	client = p->saddr;
+	t.saddr = client;
+	t.daddr = client;
+	t.sport = p->dport;
+	t.dport = p->sport;
+	t.proto = p->l4_proto;
+	t.family = family;
+	e = ct_lookup(&t, &reply);
+	if (!e || reply || !e->rev_nat || (e->flags & CT_F_SERVICE))
+		return -1;
+	idx = e->rev_nat;
+	rn = bpf_map_lookup_elem(&nb_lb_revnat, &idx);
+	if (!rn)
+		return -1;
+	ct_account(e, p->l4_proto, p->tcp_flags, NB_READ_CTX(skb, len), 1, bpf_ktime_get_ns());
+	if (nb_skb_rewrite_addr(skb, p, 1, &client) || nb_skb_rewrite_addr(skb, p, 0, &rn->addr) ||
+	    nb_skb_rewrite_port(skb, p, 0, rn->port))
+		return TC_ACT_SHOT;
+	lb_count(LB_STAT_REVNAT);
+	return lb_hairpin_out(skb);
+}
 
 /*
  * lb_backend_of returns the backend of the connection t (client -> frontend)
@@ -49,7 +137,7 @@ int nb_lb_from_client(struct __sk_buff *skb)
 	__u32 id, len;
 	__u64 now;
 	__u8 family;
-	int reply;
+	int reply, hairpin;
 
 	if (nb_frame_skb(&f, skb, NB_PULL_LEN) < 0)
 		return TC_ACT_UNSPEC;
@@ -57,8 +145,11 @@ int nb_lb_from_client(struct __sk_buff *skb)
 	    (p.l4_proto != IPPROTO_TCP && p.l4_proto != IPPROTO_UDP))
 		return TC_ACT_UNSPEC;
 	family = p.l3_proto == ETH_P_IPV6 ? 6 : 4;
-	if (!lb_lookup_service(&p.daddr, p.dport, p.l4_proto, family, &svc))
-		return TC_ACT_UNSPEC; /* not a service: not ours */
+	if (!lb_lookup_service(&p.daddr, p.dport, p.l4_proto, family, &svc)) {
+		/* Not a service: not ours, unless it is a reply to the hairpin address. */
+		reply = lb_hairpin_reply(skb, &p, family);
+		return reply >= 0 ? reply : TC_ACT_UNSPEC;
+	}
 	if (!lb_source_allowed(&svc, &p.saddr, family)) {
 		lb_count(LB_STAT_DROP_SOURCE_RANGE);
 		return TC_ACT_SHOT;
@@ -86,6 +177,8 @@ int nb_lb_from_client(struct __sk_buff *skb)
 	}
 	baddr = b->addr;
 	bport = b->port;
+	/* The client is its own backend: the packet goes back in, from the hairpin address. */
+	hairpin = b->family == family && !__builtin_memcmp(&baddr, &p.saddr, sizeof(baddr));
 
 	/* DNAT to the backend. */
 	if (nb_skb_rewrite_addr(skb, &p, 1, &baddr) || nb_skb_rewrite_port(skb, &p, 1, bport))
@@ -104,6 +197,13 @@ int nb_lb_from_client(struct __sk_buff *skb)
 		opts.flags = 0;
 		opts.user = id;
 		ct_create(&t, LB_CT_DIR, p.l4_proto == IPPROTO_TCP ? p.tcp_flags : 0, len, &opts, now);
+	}
+	if (hairpin) {
+		union nb_addr h;
+
+		if (lb_hairpin_addr(family, &h) || nb_skb_rewrite_addr(skb, &p, 0, &h))
+			return TC_ACT_SHOT;
+		return lb_hairpin_out(skb);
 	}
 	return TC_ACT_UNSPEC;
 }

@@ -48,6 +48,7 @@ enum {
 	LB_STAT_SNAT = 7,		/* uplink: packets to a remote backend SNATed to the node */
 	LB_STAT_REVSNAT = 8,		/* uplink: replies of SNATed connections translated back */
 	LB_STAT_DROP_NAT_EXHAUSTED = 9,	/* uplink: new connections without a free NAT port, dropped */
+	LB_STAT_HAIRPIN = 10,		/* packets of a client reaching itself, sent back into its interface */
 	LB_STAT_MAX = 16,
 };
 
