@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -481,18 +480,9 @@ func (p *BlockPool) Get(ctx context.Context, owner Owner) (Allocation, error) {
 	if err := owner.Validate(); err != nil {
 		return Allocation{}, fmt.Errorf("get allocation: %w", err)
 	}
-	var rec ownerRecord
-	var ok bool
-	err := p.view(ctx, func(tx Txn) error {
-		var err error
-		ok, err = getJSON(tx, p.ownerKey(owner), &rec)
-		return err
-	})
+	rec, err := p.getOwner(ctx, p.ownerKey(owner), owner)
 	if err != nil {
-		return Allocation{}, fmt.Errorf("get allocation of %s: %w", owner, err)
-	}
-	if !ok {
-		return Allocation{}, fmt.Errorf("get allocation of %s: %w", owner, os.ErrNotExist)
+		return Allocation{}, err
 	}
 	return p.allocation(owner, rec), nil
 }
@@ -595,28 +585,7 @@ func (p *BlockPool) List(ctx context.Context) ([]Allocation, error) {
 // owner is released in its own transaction, so an allocation made while GC
 // runs is not lost, provided valid includes it. Blocks keep their affinity.
 func (p *BlockPool) GC(ctx context.Context, valid []Owner) ([]Allocation, error) {
-	keep := make(map[Owner]bool, len(valid))
-	for _, o := range valid {
-		keep[o] = true
-	}
-	all, err := p.List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("gc: %w", err)
-	}
-	var released []Allocation
-	for _, al := range all {
-		if keep[al.Owner] {
-			continue
-		}
-		got, ok, err := p.Release(ctx, al.Owner)
-		if err != nil {
-			return released, fmt.Errorf("gc: %w", err)
-		}
-		if ok {
-			released = append(released, got)
-		}
-	}
-	return released, nil
+	return gc(ctx, valid, p.List, func(al Allocation) Owner { return al.Owner }, p.Release)
 }
 
 // blocksOf returns the claimed blocks of c in address order.

@@ -2,7 +2,9 @@ package ipam
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"os"
 	"time"
 )
 
@@ -53,4 +55,53 @@ func familyIndex(a netip.Addr) int {
 		return 0
 	}
 	return 1
+}
+
+// gc releases every item that list returns whose key is not in valid, each
+// in its own transaction (release), so that an allocation made while it
+// runs is not lost, provided valid includes it. It returns what it
+// released.
+func gc[T any, K comparable](ctx context.Context, valid []K, list func(context.Context) ([]T, error),
+	key func(T) K, release func(context.Context, K) (T, bool, error)) ([]T, error) {
+	keep := make(map[K]bool, len(valid))
+	for _, k := range valid {
+		keep[k] = true
+	}
+	all, err := list(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	var released []T
+	for _, item := range all {
+		if keep[key(item)] {
+			continue
+		}
+		got, ok, err := release(ctx, key(item))
+		if err != nil {
+			return released, fmt.Errorf("gc: %w", err)
+		}
+		if ok {
+			released = append(released, got)
+		}
+	}
+	return released, nil
+}
+
+// getOwner reads the record of owner under key in a read-only transaction;
+// an owner without one is an error wrapping os.ErrNotExist.
+func (c *common) getOwner(ctx context.Context, key string, owner Owner) (ownerRecord, error) {
+	var rec ownerRecord
+	var ok bool
+	err := c.view(ctx, func(tx Txn) error {
+		var err error
+		ok, err = getJSON(tx, key, &rec)
+		return err
+	})
+	if err != nil {
+		return rec, fmt.Errorf("get allocation of %s: %w", owner, err)
+	}
+	if !ok {
+		return rec, fmt.Errorf("get allocation of %s: %w", owner, os.ErrNotExist)
+	}
+	return rec, nil
 }

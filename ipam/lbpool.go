@@ -1446,28 +1446,7 @@ func (l *LBIPAM) scanServices(tx Txn, fn func(key string, rec lbSvcRecord) error
 // own transaction, so an allocation made while GC runs is not lost,
 // provided valid includes it.
 func (l *LBIPAM) GC(ctx context.Context, valid []string) ([]LBAllocation, error) {
-	keep := make(map[string]bool, len(valid))
-	for _, s := range valid {
-		keep[s] = true
-	}
-	all, err := l.List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("gc: %w", err)
-	}
-	var released []LBAllocation
-	for _, al := range all {
-		if keep[al.Service] {
-			continue
-		}
-		got, ok, err := l.Release(ctx, al.Service)
-		if err != nil {
-			return released, fmt.Errorf("gc: %w", err)
-		}
-		if ok {
-			released = append(released, got)
-		}
-	}
-	return released, nil
+	return gc(ctx, valid, l.List, func(al LBAllocation) string { return al.Service }, l.Release)
 }
 
 // Usage returns one "LB Pool" row per block of every pool, in creation

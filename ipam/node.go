@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -371,18 +370,9 @@ func (a *NodeAllocator) Get(ctx context.Context, owner Owner) (Allocation, error
 	if err := owner.Validate(); err != nil {
 		return Allocation{}, fmt.Errorf("get allocation: %w", err)
 	}
-	var rec ownerRecord
-	var ok bool
-	err := a.view(ctx, func(tx Txn) error {
-		var err error
-		ok, err = getJSON(tx, a.ownerKey(owner), &rec)
-		return err
-	})
+	rec, err := a.getOwner(ctx, a.ownerKey(owner), owner)
 	if err != nil {
-		return Allocation{}, fmt.Errorf("get allocation of %s: %w", owner, err)
-	}
-	if !ok {
-		return Allocation{}, fmt.Errorf("get allocation of %s: %w", owner, os.ErrNotExist)
+		return Allocation{}, err
 	}
 	return a.allocation(owner, rec), nil
 }
@@ -507,28 +497,7 @@ func scanOwners(tx Txn, prefix string, fn func(Owner, ownerRecord)) error {
 // owner is released in its own transaction, so an allocation made while GC
 // runs is not lost, provided valid includes it.
 func (a *NodeAllocator) GC(ctx context.Context, valid []Owner) ([]Allocation, error) {
-	keep := make(map[Owner]bool, len(valid))
-	for _, o := range valid {
-		keep[o] = true
-	}
-	all, err := a.List(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("gc: %w", err)
-	}
-	var released []Allocation
-	for _, al := range all {
-		if keep[al.Owner] {
-			continue
-		}
-		got, ok, err := a.Release(ctx, al.Owner)
-		if err != nil {
-			return released, fmt.Errorf("gc: %w", err)
-		}
-		if ok {
-			released = append(released, got)
-		}
-	}
-	return released, nil
+	return gc(ctx, valid, a.List, func(al Allocation) Owner { return al.Owner }, a.Release)
 }
 
 // Usage returns one row per range: its addresses and how many are held.
