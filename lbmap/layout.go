@@ -109,6 +109,8 @@ const (
 	statRevSNAT         = 8
 	statDropNATFull     = 9
 	statHairpin         = 10
+	statXDPForward      = 11
+	statXDPReverse      = 12
 )
 
 func addr16(a netip.Addr) (b [16]byte, family uint8) {

@@ -191,22 +191,23 @@ type nodeportLbSvcKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	nodeportMapNbCt          = "nb_ct"
-	nodeportMapNbCtConfig    = "nb_ct_config"
-	nodeportMapNbCtStats     = "nb_ct_stats"
-	nodeportMapNbLbAffinity  = "nb_lb_affinity"
-	nodeportMapNbLbBackends  = "nb_lb_backends"
-	nodeportMapNbLbNat       = "nb_lb_nat"
-	nodeportMapNbLbRevnat    = "nb_lb_revnat"
-	nodeportMapNbLbSlots     = "nb_lb_slots"
-	nodeportMapNbLbSrcRange  = "nb_lb_src_range"
-	nodeportMapNbLbStats     = "nb_lb_stats"
-	nodeportMapNbLbSvc       = "nb_lb_svc"
-	nodeportProgNbLbUplinkIn = "nb_lb_uplink_in"
-	nodeportVarNpPortMax     = "np_port_max"
-	nodeportVarNpPortMin     = "np_port_min"
-	nodeportVarNpSnat4       = "np_snat4"
-	nodeportVarNpSnat6       = "np_snat6"
+	nodeportMapNbCt           = "nb_ct"
+	nodeportMapNbCtConfig     = "nb_ct_config"
+	nodeportMapNbCtStats      = "nb_ct_stats"
+	nodeportMapNbLbAffinity   = "nb_lb_affinity"
+	nodeportMapNbLbBackends   = "nb_lb_backends"
+	nodeportMapNbLbNat        = "nb_lb_nat"
+	nodeportMapNbLbRevnat     = "nb_lb_revnat"
+	nodeportMapNbLbSlots      = "nb_lb_slots"
+	nodeportMapNbLbSrcRange   = "nb_lb_src_range"
+	nodeportMapNbLbStats      = "nb_lb_stats"
+	nodeportMapNbLbSvc        = "nb_lb_svc"
+	nodeportProgNbLbUplinkIn  = "nb_lb_uplink_in"
+	nodeportProgNbLbUplinkXdp = "nb_lb_uplink_xdp"
+	nodeportVarNpPortMax      = "np_port_max"
+	nodeportVarNpPortMin      = "np_port_min"
+	nodeportVarNpSnat4        = "np_snat4"
+	nodeportVarNpSnat6        = "np_snat6"
 )
 
 // loadNodeport returns the embedded CollectionSpec for nodeport.
@@ -251,7 +252,8 @@ type nodeportSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nodeportProgramSpecs struct {
-	NbLbUplinkIn *ebpf.ProgramSpec `ebpf:"nb_lb_uplink_in"`
+	NbLbUplinkIn  *ebpf.ProgramSpec `ebpf:"nb_lb_uplink_in"`
+	NbLbUplinkXdp *ebpf.ProgramSpec `ebpf:"nb_lb_uplink_xdp"`
 }
 
 // nodeportMapSpecs contains maps before they are loaded into the kernel.
@@ -344,12 +346,14 @@ type nodeportVariables struct {
 //
 // It can be passed to loadNodeportObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nodeportPrograms struct {
-	NbLbUplinkIn *ebpf.Program `ebpf:"nb_lb_uplink_in"`
+	NbLbUplinkIn  *ebpf.Program `ebpf:"nb_lb_uplink_in"`
+	NbLbUplinkXdp *ebpf.Program `ebpf:"nb_lb_uplink_xdp"`
 }
 
 func (p *nodeportPrograms) Close() error {
 	return _NodeportClose(
 		p.NbLbUplinkIn,
+		p.NbLbUplinkXdp,
 	)
 }
 

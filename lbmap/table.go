@@ -288,6 +288,8 @@ type Stats struct {
 	RevSNAT         uint64 // uplink: replies of SNATed connections translated back
 	DropNATFull     uint64 // uplink: new connections to a remote backend without a free NAT port (or SNAT address), dropped
 	Hairpin         uint64 // packets of clients load-balanced to themselves (both ways), sent back into their interface
+	XDPForward      uint64 // uplink XDP: packets to a remote backend translated and sent back out (also in DNAT and SNAT)
+	XDPReverse      uint64 // uplink XDP: replies of SNATed connections translated and sent back out (also in RevSNAT)
 }
 
 // Stats reads the datapath's counters.
@@ -297,7 +299,7 @@ func (t *Table) Stats() (Stats, error) {
 		statDNAT: &s.DNAT, statRevNAT: &s.RevNAT, statRevNATICMP: &s.RevNATICMP, statDropNoBackend: &s.DropNoBackend,
 		statDropSourceRange: &s.DropSourceRange, statSockTranslate: &s.SockTranslate, statReselect: &s.Reselect,
 		statSNAT: &s.SNAT, statRevSNAT: &s.RevSNAT, statDropNATFull: &s.DropNATFull,
-		statHairpin: &s.Hairpin,
+		statHairpin: &s.Hairpin, statXDPForward: &s.XDPForward, statXDPReverse: &s.XDPReverse,
 	} {
 		var perCPU []uint64
 		if err := t.maps[mapStats].Lookup(idx, &perCPU); err != nil {

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/netblocks/netblocks/conntrack"
@@ -83,6 +86,18 @@ type uplinkRig struct {
 
 func newUplinkRig(t *testing.T, cfg Config) *uplinkRig {
 	t.Helper()
+	return newUplinkRigXDP(t, cfg, XDPOff)
+}
+
+// newUplinkRigXDP is newUplinkRig with the XDP program attached in mode
+// (which it checks it got). For native mode, the bridge's port to nodeA gets
+// an XDP program that passes everything (a veth drops the frames XDP_TX
+// sends to a peer without one), and the senders whose packets XDP forwards
+// compute their checksums: a veth hands native XDP the skbs of its peer as
+// they are, with a partial checksum (CHECKSUM_PARTIAL) a NIC would have
+// completed, which is lost with the skb.
+func newUplinkRigXDP(t *testing.T, cfg Config, mode XDPMode) *uplinkRig {
+	t.Helper()
 	testutil.RequirePrivileged(t)
 	top := testutil.NewTopology(t, testutil.TopologyConfig{Nodes: 3, Bridge: true})
 	r := &uplinkRig{client: top.Nodes[0].NS, nodes: [2]*testutil.NetNS{top.Nodes[1].NS, top.Nodes[2].NS}}
@@ -103,16 +118,27 @@ func newUplinkRig(t *testing.T, cfg Config) *uplinkRig {
 	}
 	t.Cleanup(func() { tbl.Close() })
 	r.ct, r.tbl = ct, tbl
+	if mode == XDPNative {
+		passOnPeer(t, top.Switch, "node1")
+		for _, ns := range []*testutil.NetNS{r.client, r.backends[1]} {
+			if out, err := ns.Exec("ethtool", "-K", "eth0", "tx", "off"); err != nil {
+				t.Fatalf("turn checksum offload off: %v: %s", err, out)
+			}
+		}
+	}
 	var up *Uplink
 	err = r.nodes[0].Do(func() error {
 		var err error
-		up, err = tbl.AttachUplink(top.Nodes[1].Index, UplinkConfig{SNAT4: nsFamilies[0].node(0), SNAT6: nsFamilies[1].node(0)})
+		up, err = tbl.AttachUplink(top.Nodes[1].Index, UplinkConfig{SNAT4: nsFamilies[0].node(0), SNAT6: nsFamilies[1].node(0), XDP: mode})
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { up.Close() })
+	if up.XDPMode() != mode {
+		t.Fatalf("XDP attached in mode %v, want %v", up.XDPMode(), mode)
+	}
 
 	srv := &nsServers{}
 	t.Cleanup(srv.close)
@@ -472,5 +498,87 @@ func TestUplinkTrafficNATPressure(t *testing.T) {
 	}
 	if _, err := r.udp(fam, 21004, fe, "x", trafficWait); err != nil {
 		t.Fatalf("after GC: %v", err)
+	}
+}
+
+// TestUplinkTrafficXDP sends real TCP and UDP from the client to NodePorts
+// whose only backend is on nodeB, with the XDP program attached in native
+// and in generic mode: the backend sees nodeA's address, the replies come
+// from the frontend, and the XDP program's counters show it translated the
+// connections both ways (so the tc program did not).
+func TestUplinkTrafficXDP(t *testing.T) {
+	for _, mode := range []XDPMode{XDPNative, XDPGeneric} {
+		t.Run(mode.String(), func(t *testing.T) {
+			r := newUplinkRigXDP(t, Config{}, mode)
+			for _, fam := range nsFamilies {
+				np := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(fam.node(0), port) }
+				for _, s := range []Service{
+					nsService(fam, np(nsNodePortTCP), TCP, NodePort, nsTCPPort),
+					nsService(fam, np(nsNodePortUDP), UDP, NodePort, nsUDPPort),
+				} {
+					s.Backends = s.Backends[1:] // the remote one only
+					if err := r.tbl.Upsert(s); err != nil {
+						t.Fatal(err)
+					}
+				}
+				remote := func(a nsAnswer, port uint16) {
+					t.Helper()
+					if a.backend != netip.AddrPortFrom(fam.backend(1), port) || a.peer.Addr() != fam.node(0) {
+						t.Errorf("%s: served by %v, which saw %v; want %v seeing nodeA %v", fam.name, a.backend, a.peer, fam.backend(1), fam.node(0))
+					}
+				}
+				for i := range 5 {
+					a, err := r.tcp(np(nsNodePortTCP), fmt.Sprintf("tcp %d", i))
+					if err != nil {
+						t.Fatalf("%s: %v", fam.name, err)
+					}
+					remote(a, nsTCPPort)
+					a, err = r.udp(fam, uint16(20000+i), np(nsNodePortUDP), fmt.Sprintf("udp %d", i), trafficWait)
+					if err != nil {
+						t.Fatalf("%s: %v", fam.name, err)
+					}
+					remote(a, nsUDPPort)
+				}
+			}
+			st, err := r.tbl.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// At least a SYN, its ACK and a request per TCP connection, a datagram per UDP flow; as many back.
+			if st.XDPForward < 40 || st.XDPReverse < 40 {
+				t.Errorf("stats %+v: want the XDP program to have forwarded (XDPForward, XDPReverse) both ways", st)
+			}
+			t.Logf("%v: XDPForward %d of SNAT %d, XDPReverse %d of RevSNAT %d", mode, st.XDPForward, st.SNAT, st.XDPReverse, st.RevSNAT)
+		})
+	}
+}
+
+// passOnPeer attaches an XDP program that passes every frame to the
+// interface name in ns, in native mode, for as long as the test runs.
+func passOnPeer(t *testing.T, ns *testutil.NetNS, name string) {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.XDP,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, xdpPass), asm.Return()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	err = ns.Do(func() error {
+		ifc, err := net.InterfaceByName(name)
+		if err != nil {
+			return err
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: link.XDPDriverMode})
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { l.Close() })
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("attach XDP to %s: %v", name, err)
 	}
 }

@@ -49,6 +49,8 @@ enum {
 	LB_STAT_REVSNAT = 8,		/* uplink: replies of SNATed connections translated back */
 	LB_STAT_DROP_NAT_EXHAUSTED = 9,	/* uplink: new connections without a free NAT port, dropped */
 	LB_STAT_HAIRPIN = 10,		/* packets of a client reaching itself, sent back into its interface */
+	LB_STAT_XDP_FWD = 11,		/* uplink XDP: packets to a remote backend translated and sent back out (XDP_TX) */
+	LB_STAT_XDP_REV = 12,		/* uplink XDP: replies of SNATed connections translated and sent back out */
 	LB_STAT_MAX = 16,
 };
 

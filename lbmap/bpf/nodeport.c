@@ -311,3 +311,285 @@ int nb_lb_uplink_in(struct __sk_buff *skb)
 	lb_count(LB_STAT_SNAT);
 	return np_redirect(skb, &p);
 }
+
+/*
+ * The XDP variant, for the case where it pays: packets of connections to a
+ * backend on another node, and their replies, come in and go back out of the
+ * uplink, so XDP translates them (with the same conntrack and NAT entries as
+ * the tc program) and sends them back out with XDP_TX, before the kernel
+ * allocates an skb. It finishes a packet only when nothing can go wrong that
+ * the tc program would handle: everything else (local backends, traffic
+ * policy Local, other traffic, new connections it cannot give a NAT port, a
+ * next hop that is not resolved or not out of the uplink, an expiring TTL)
+ * it passes unchanged, having changed no map (but, for a new connection to a
+ * service with session affinity, the client's affinity entry, which the tc
+ * program then follows), and the tc program handles it as if XDP were not
+ * there.
+ */
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+/*
+ * The route of a translated packet: its addresses and ports (in), and the
+ * Ethernet addresses of its next hop (out).
+ */
+struct npx_hop {
+	union nb_addr saddr;
+	union nb_addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 dmac[ETH_ALEN];
+	__u8 smac[ETH_ALEN];
+};
+
+/*
+ * npx_fib looks up the route of a translated packet (p after translation to
+ * h's addresses and ports) arriving on the uplink and fills in h's next hop.
+ * Returns 0 only when the route leads back out of the uplink to a resolved
+ * neighbour (what XDP_TX needs); else -1.
+ */
+static __attribute__((noinline)) int npx_fib(struct xdp_md *ctx, const struct nb_pkt *p, struct npx_hop *h)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 ifindex = NB_READ_CTX(ctx, ingress_ifindex);
+	long ret;
+
+	if (!p || !h)
+		return -1;
+	fib.ifindex = ifindex;
+	fib.l4_protocol = p->l4_proto;
+	fib.sport = h->sport;
+	fib.dport = h->dport;
+	fib.tot_len = p->ip_len;
+	if (p->l3_proto == ETH_P_IPV6) {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, h->saddr.v6, 16);
+		__builtin_memcpy(fib.ipv6_dst, h->daddr.v6, 16);
+	} else {
+		fib.family = AF_INET;
+		fib.tos = p->tos;
+		fib.ipv4_src = h->saddr.v4;
+		fib.ipv4_dst = h->daddr.v4;
+	}
+	ret = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (ret != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != ifindex)
+		return -1;
+	__builtin_memcpy(h->dmac, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(h->smac, fib.smac, ETH_ALEN);
+	return 0;
+}
+
+/*
+ * npx_forward finishes a translated packet as a router does: it decrements
+ * the TTL (hop limit), fixing the IPv4 header checksum, writes the next hop's
+ * Ethernet addresses and returns XDP_TX (XDP_ABORTED if the frame shrank
+ * under it, which cannot happen).
+ */
+static __always_inline int npx_forward(struct xdp_md *ctx, const struct nb_pkt *p, const struct npx_hop *h)
+{
+	struct nb_frame f;
+	struct ethhdr *eth;
+
+	nb_frame_xdp(&f, ctx);
+	eth = nb_hdr(&f, 0, sizeof(*eth));
+	if (!eth)
+		return XDP_ABORTED;
+	if (p->l3_proto == ETH_P_IPV6) {
+		struct ipv6hdr *ip6 = nb_hdr(&f, p->l3_off, sizeof(*ip6));
+
+		if (!ip6)
+			return XDP_ABORTED;
+		ip6->hop_limit--;
+	} else {
+		struct iphdr *ip = nb_hdr(&f, p->l3_off, sizeof(*ip));
+		__be16 *w, old;
+
+		if (!ip)
+			return XDP_ABORTED;
+		w = (__be16 *)&ip->ttl; /* TTL and protocol: one 16-bit word of the checksum */
+		old = *w;
+		ip->ttl--;
+		ip->check = nb_csum_update(ip->check, nb_csum_diff16(old, *w));
+	}
+	__builtin_memcpy(eth->h_dest, h->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, h->smac, ETH_ALEN);
+	return XDP_TX;
+}
+
+/*
+ * npx_translate rewrites p to h's addresses (source port sport, destination
+ * port h->dport), counts it (fwd: as DNAT and SNAT; else as a reverse SNAT)
+ * and forwards it. Returns XDP_TX, or XDP_ABORTED if the frame shrank under
+ * it (which cannot happen).
+ */
+static __always_inline int npx_translate(struct xdp_md *ctx, struct nb_pkt *p, const struct npx_hop *h, __be16 sport,
+					 int fwd)
+{
+	struct nb_frame f;
+
+	nb_frame_xdp(&f, ctx);
+	if (nb_rewrite_addr(&f, p, 1, &h->daddr) || nb_rewrite_port(&f, p, 1, h->dport) ||
+	    nb_rewrite_addr(&f, p, 0, &h->saddr) || nb_rewrite_port(&f, p, 0, sport))
+		return XDP_ABORTED;
+	if (fwd) {
+		lb_count(LB_STAT_DNAT);
+		lb_count(LB_STAT_SNAT);
+		lb_count(LB_STAT_XDP_FWD);
+	} else {
+		lb_count(LB_STAT_REVSNAT);
+		lb_count(LB_STAT_XDP_REV);
+	}
+	return npx_forward(ctx, p, h);
+}
+
+/*
+ * npx_rev_snat is np_rev_snat for XDP. Returns a verdict (XDP_TX), XDP_PASS
+ * for a reply it leaves to the tc program, or -1 if p is no such reply.
+ */
+static __attribute__((noinline)) int npx_rev_snat(struct xdp_md *ctx, struct nb_pkt *p, __u8 family)
+{
+	struct lb_nat_key k;	/* the NAT key, then the conntrack tuple (the same layout) */
+	struct lb_nat *n;
+	struct lb_revnat *rn;
+	struct ct_entry *e;
+	struct npx_hop h;	/* the reply after translation: frontend -> client */
+	__u32 idx;
+	int reply;
+
+	if (!p || np_snat_addr(family, &h.daddr) || __builtin_memcmp(&p->daddr, &h.daddr, sizeof(h.daddr)))
+		return -1;
+	np_key(&k, &p->saddr, p->sport, &p->daddr, p->dport, p->l4_proto, family);
+	n = bpf_map_lookup_elem(&nb_lb_nat, &k);
+	if (!n || !(n->flags & LB_NAT_F_REVERSE))
+		return -1;
+	idx = n->rev_nat;
+	h.daddr = n->addr;
+	h.dport = n->port;
+
+	np_key(&k, &h.daddr, h.dport, &p->saddr, p->sport, p->l4_proto, family);
+	e = ct_lookup((struct ct_tuple *)&k, &reply);
+	if (e && !reply && e->rev_nat)
+		idx = e->rev_nat;
+	rn = bpf_map_lookup_elem(&nb_lb_revnat, &idx);
+	if (!rn)
+		return XDP_PASS; /* the tc program drops it */
+	h.saddr = rn->addr;
+	h.sport = rn->port;
+	if (npx_fib(ctx, p, &h))
+		return XDP_PASS;
+	if (e && !reply)
+		ct_account(e, p->l4_proto, p->tcp_flags, NB_READ_CTX(ctx, data_end) - NB_READ_CTX(ctx, data), 1,
+			   bpf_ktime_get_ns());
+	return npx_translate(ctx, p, &h, h.sport, 0);
+}
+
+/* npx_ct_create is ct_create of an inbound connection, as a function of its own (its stack apart). */
+static __attribute__((noinline)) int npx_ct_create(const struct ct_tuple *t, __u8 tcp_flags, __u32 len,
+						   const struct ct_create_opts *opts, __u64 now)
+{
+	if (!t || !opts)
+		return -1;
+	return ct_create(t, CT_DIR_IN, tcp_flags, len, opts, now);
+}
+
+/*
+ * npx_svc load-balances p, a packet to a frontend, when its backend is on
+ * another node (as a function of its own: its stack apart). Returns a
+ * verdict: XDP_TX, or XDP_PASS for anything it leaves to the tc program.
+ */
+static __attribute__((noinline)) int npx_svc(struct xdp_md *ctx, struct nb_pkt *p, __u8 family)
+{
+	struct ct_create_opts opts = {.flags = CT_F_SERVICE};
+	struct ct_entry *svc_entry, *e;
+	struct lb_backend *b = NULL;
+	struct ct_tuple t;
+	struct lb_svc_info svc;
+	struct npx_hop h;
+	__be16 nport;
+	__u32 id = 0, len;
+	__u64 now;
+	int reply;
+
+	if (!p)
+		return XDP_PASS;
+	if (!np_lookup(p, family, LB_SCOPE_INTERNAL, &svc) || svc.type == LB_TYPE_CLUSTER_IP ||
+	    (svc.flags & LB_F_LOCAL))
+		return XDP_PASS;
+	if (!np_allowed(&svc, p, family))
+		return XDP_PASS; /* the tc program drops and counts it */
+	if (ct_tuple_from_pkt(p, &t))
+		return XDP_PASS;
+	svc_entry = ct_lookup(&t, &reply);
+	if (svc_entry) {
+		if (reply)
+			return XDP_PASS;
+		id = svc_entry->user;
+		b = bpf_map_lookup_elem(&nb_lb_backends, &id);
+		if (!b)
+			return XDP_PASS; /* the tc program chooses another backend */
+	} else {
+		id = np_select(&svc, p, family);
+		b = id ? bpf_map_lookup_elem(&nb_lb_backends, &id) : NULL;
+		if (!b)
+			return XDP_PASS; /* the tc program drops and counts it */
+	}
+	if (b->state & LB_BACKEND_F_LOCAL)
+		return XDP_PASS;
+	h.daddr = b->addr;
+	h.dport = b->port;
+	h.sport = 0; /* the NAT port is not chosen yet: the route does not depend on it */
+	if (np_snat_addr(family, &h.saddr) || npx_fib(ctx, p, &h))
+		return XDP_PASS;
+
+	len = NB_READ_CTX(ctx, data_end) - NB_READ_CTX(ctx, data);
+	now = bpf_ktime_get_ns();
+	opts.rev_nat = svc.rev_nat;
+	if (svc_entry) {
+		ct_account(svc_entry, p->l4_proto, p->tcp_flags, len, 0, now);
+	} else {
+		opts.user = id;
+		npx_ct_create(&t, p->l4_proto == IPPROTO_TCP ? p->tcp_flags : 0, len, &opts, now);
+	}
+
+	/* The client -> backend tuple: its conntrack entry carries the rev-NAT index. */
+	t.daddr = h.daddr;
+	t.dport = h.dport;
+	nport = np_nat_alloc((struct lb_nat_key *)&t, &h.saddr, svc.rev_nat, now);
+	if (!nport)
+		return XDP_PASS; /* the tc program drops and counts it */
+	e = ct_lookup(&t, &reply);
+	if (e && !reply) {
+		if (e->rev_nat != svc.rev_nat)
+			e->rev_nat = svc.rev_nat;
+		ct_account(e, p->l4_proto, p->tcp_flags, len, 0, now);
+	} else {
+		opts.flags = 0;
+		opts.user = id;
+		npx_ct_create(&t, p->l4_proto == IPPROTO_TCP ? p->tcp_flags : 0, len, &opts, now);
+	}
+	return npx_translate(ctx, p, &h, nport, 1);
+}
+
+SEC("xdp")
+int nb_lb_uplink_xdp(struct xdp_md *ctx)
+{
+	struct nb_pkt p = {};
+	__u8 family;
+	int ret;
+
+	if (nb_parse_xdp(ctx, &p) || !(p.layers & NB_LAYER_L4) ||
+	    (p.l4_proto != IPPROTO_TCP && p.l4_proto != IPPROTO_UDP) || p.frag_off || p.vlan_depth)
+		return XDP_PASS;
+	if (p.ttl <= 1)
+		return XDP_PASS; /* the tc program drops it */
+	family = p.l3_proto == ETH_P_IPV6 ? 6 : 4;
+	ret = npx_rev_snat(ctx, &p, family);
+	if (ret >= 0)
+		return ret;
+	return npx_svc(ctx, &p, family);
+}
