@@ -212,22 +212,11 @@ func (p *BlockPool) checkSpec(tx Txn) error {
 }
 
 func (p *BlockPool) families() []bool {
-	var fams []bool // true: IPv4
-	for _, c := range p.cidrs {
-		if !slices.Contains(fams, c.prefix.Addr().Is4()) {
-			fams = append(fams, c.prefix.Addr().Is4())
-		}
+	var addrs []netip.Addr
+	for _, x := range p.cidrs {
+		addrs = append(addrs, x.prefix.Addr())
 	}
-	slices.SortFunc(fams, func(x, y bool) int {
-		switch {
-		case x == y:
-			return 0
-		case x:
-			return -1
-		}
-		return 1
-	})
-	return fams
+	return familiesOf(addrs)
 }
 
 func (p *BlockPool) allocation(o Owner, rec ownerRecord) Allocation {

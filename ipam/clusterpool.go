@@ -148,22 +148,11 @@ func (p *ClusterPool) checkSpec(tx Txn) error {
 }
 
 func (p *ClusterPool) families() []bool {
-	var fams []bool
-	for _, c := range p.cidrs {
-		if !slices.Contains(fams, c.prefix.Addr().Is4()) {
-			fams = append(fams, c.prefix.Addr().Is4())
-		}
+	var addrs []netip.Addr
+	for _, x := range p.cidrs {
+		addrs = append(addrs, x.prefix.Addr())
 	}
-	slices.SortFunc(fams, func(x, y bool) int {
-		if x == y {
-			return 0
-		}
-		if x {
-			return -1
-		}
-		return 1
-	})
-	return fams
+	return familiesOf(addrs)
 }
 
 // AllocateNode gives node one CIDR per family and returns them, IPv4 first.

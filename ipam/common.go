@@ -49,7 +49,24 @@ func (c *common) view(ctx context.Context, fn func(Txn) error) error {
 	return c.store.View(ctx, fn)
 }
 
-// sortAddrs orders IPv4 before IPv6.
+// familiesOf returns the address families among addrs, IPv4 (true) first.
+func familiesOf(addrs []netip.Addr) []bool {
+	var has4, has6 bool
+	for _, a := range addrs {
+		has4 = has4 || a.Is4()
+		has6 = has6 || !a.Is4()
+	}
+	var fams []bool
+	if has4 {
+		fams = append(fams, true)
+	}
+	if has6 {
+		fams = append(fams, false)
+	}
+	return fams
+}
+
+// familyIndex orders IPv4 before IPv6.
 func familyIndex(a netip.Addr) int {
 	if a.Is4() {
 		return 0

@@ -219,22 +219,11 @@ func (a *NodeAllocator) rangeOf(addr netip.Addr) (*nodeRange, error) {
 }
 
 func (a *NodeAllocator) families() []bool {
-	var fams []bool // true: IPv4
-	for _, r := range a.ranges {
-		if !slices.Contains(fams, r.Start.Is4()) {
-			fams = append(fams, r.Start.Is4())
-		}
+	var addrs []netip.Addr
+	for _, x := range a.ranges {
+		addrs = append(addrs, x.Start)
 	}
-	slices.SortFunc(fams, func(x, y bool) int {
-		switch {
-		case x == y:
-			return 0
-		case x:
-			return -1
-		}
-		return 1
-	})
-	return fams
+	return familiesOf(addrs)
 }
 
 func (a *NodeAllocator) allocation(o Owner, rec ownerRecord) Allocation {

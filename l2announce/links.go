@@ -11,6 +11,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/netblocks/netblocks/internal/netlinksafe"
 )
 
 // linkInfo is what a Responder needs to know about one interface.
@@ -170,10 +172,6 @@ func (s *nlSystem) watchOnce(ctx context.Context, out chan map[int]linkInfo) err
 	}
 }
 
-// maxDumpAttempts bounds the retries of a link dump that the kernel
-// interrupted because the links changed meanwhile.
-const maxDumpAttempts = 10
-
 // list returns the namespace's links by index.
 func (s *nlSystem) list() (map[int]linkInfo, error) {
 	h, err := netlink.NewHandleAt(s.ns)
@@ -181,13 +179,7 @@ func (s *nlSystem) list() (map[int]linkInfo, error) {
 		return nil, fmt.Errorf("open netlink handle: %w", err)
 	}
 	defer h.Close()
-	var links []netlink.Link
-	for range maxDumpAttempts {
-		links, err = h.LinkList()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	links, err := netlinksafe.Dump(h.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}

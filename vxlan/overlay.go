@@ -13,6 +13,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/netblocks/netblocks/internal/netlinksafe"
 )
 
 // mainTable is the routing table Sync installs routes in.
@@ -215,7 +217,7 @@ func (o *Overlay) findUnderlay(name string, addr netip.Addr) (netlink.Link, neti
 // route, or of the IPv6 one if there is no IPv4 default route.
 func (o *Overlay) defaultRouteLink() (netlink.Link, error) {
 	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		routes, err := retryDump(func() ([]netlink.Route, error) {
+		routes, err := netlinksafe.Dump(func() ([]netlink.Route, error) {
 			return o.nl.RouteListFiltered(family, &netlink.Route{Table: mainTable}, netlink.RT_FILTER_TABLE)
 		})
 		if err != nil {

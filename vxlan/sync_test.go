@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/netblocks/netblocks/internal/netlinksafe"
 	"github.com/netblocks/netblocks/internal/testutil"
 )
 
@@ -301,7 +302,7 @@ func TestPeerLeaves(t *testing.T) {
 			}
 
 			h := a.NS.Netlink()
-			all, err := retryDump(func() ([]netlink.Route, error) {
+			all, err := netlinksafe.Dump(func() ([]netlink.Route, error) {
 				return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 			})
 			if err != nil {
@@ -457,7 +458,7 @@ func TestSyncForeignRoutes(t *testing.T) {
 	if err := ov.Delete(); err != nil {
 		t.Fatal(err)
 	}
-	static, err := retryDump(func() ([]netlink.Route, error) {
+	static, err := netlinksafe.Dump(func() ([]netlink.Route, error) {
 		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: unix.RTPROT_STATIC}, netlink.RT_FILTER_PROTOCOL)
 	})
 	if err != nil {

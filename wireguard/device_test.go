@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/netblocks/netblocks/internal/kernel"
+	"github.com/netblocks/netblocks/internal/netlinksafe"
 	"github.com/netblocks/netblocks/internal/testutil"
 )
 
@@ -178,7 +179,7 @@ func TestSetPeersRefusesAndRollsBack(t *testing.T) {
 		t.Errorf("failed SetPeers left the device changed:\n%s\nwas:\n%s", after, before)
 	}
 	foreignRoutes := func() ([]netlink.Route, error) {
-		return retryDump(func() ([]netlink.Route, error) {
+		return netlinksafe.Dump(func() ([]netlink.Route, error) {
 			return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Dst: ipNet(foreign)}, netlink.RT_FILTER_DST)
 		})
 	}
@@ -271,7 +272,7 @@ func TestCloseCleansUp(t *testing.T) {
 		if _, err := os.Stat(sock); !os.IsNotExist(err) {
 			t.Errorf("round %d: UAPI socket still there after Close: %v", round, err)
 		}
-		links, err := retryDump(ns.Netlink().LinkList)
+		links, err := netlinksafe.Dump(ns.Netlink().LinkList)
 		if err != nil {
 			t.Fatal(err)
 		}

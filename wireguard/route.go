@@ -9,30 +9,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/netblocks/netblocks/internal/netlinksafe"
 )
-
-// maxDumpAttempts bounds the retries of a netlink dump that the kernel
-// interrupted because the table changed while it was being dumped.
-const maxDumpAttempts = 10
-
-// retryDump calls dump until it returns something other than
-// netlink.ErrDumpInterrupted, at most maxDumpAttempts times, as
-// containernetworking's netlinksafe does: an interrupted dump may be
-// incomplete, and reconciling against it could delete live routes.
-func retryDump[T any](dump func() (T, error)) (T, error) {
-	var (
-		v   T
-		err error
-	)
-	for range maxDumpAttempts {
-		v, err = dump()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return v, err
-		}
-	}
-	var zero T
-	return zero, fmt.Errorf("retry interrupted netlink dump %d times: %w", maxDumpAttempts, err)
-}
 
 // routedPrefixes returns the allowed IPs of peers that get a route through
 // the device, sorted: all but those containing a peer's endpoint.
@@ -71,7 +50,7 @@ func (d *Device) ownRoutes() ([]netip.Prefix, error) {
 		Protocol:  netlink.RouteProtocol(d.cfg.RouteProtocol),
 		Table:     unix.RT_TABLE_MAIN,
 	}
-	routes, err := retryDump(func() ([]netlink.Route, error) {
+	routes, err := netlinksafe.Dump(func() ([]netlink.Route, error) {
 		return d.nl.RouteListFiltered(netlink.FAMILY_ALL, filter,
 			netlink.RT_FILTER_OIF|netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	})

@@ -19,10 +19,6 @@ import (
 // name is already taken.
 const netnsNameAttempts = 8
 
-// maxDumpAttempts bounds the retries of a netlink dump that the kernel
-// interrupted because the dumped table changed meanwhile.
-const maxDumpAttempts = 10
-
 // NetNS is a named network namespace made for one test by [NewNetNS] and
 // removed when the test ends. It appears under /var/run/netns, so `ip netns`
 // and `ip -n NAME` see it while the test runs.
@@ -247,22 +243,4 @@ func onLockedThread(fn func() error) error {
 			"(t.Fatal, t.FailNow or t.Skip must not be called inside Do)")
 	}
 	return res.err
-}
-
-// retryDump calls dump until it returns something other than
-// netlink.ErrDumpInterrupted, at most maxDumpAttempts times, as
-// containernetworking's netlinksafe does. An interrupted dump returns partial
-// results, which must not be trusted.
-func retryDump[T any](dump func() (T, error)) (T, error) {
-	var (
-		v   T
-		err error
-	)
-	for range maxDumpAttempts {
-		v, err = dump()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return v, err
-		}
-	}
-	return v, fmt.Errorf("retry interrupted netlink dump %d times: %w", maxDumpAttempts, err)
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/netblocks/netblocks/internal/netlinksafe"
 )
 
 // netnsDir is where named network namespaces are bind-mounted.
@@ -135,7 +137,7 @@ func TestNetNSNetlink(t *testing.T) {
 	a, b := NewNetNS(t), NewNetNS(t)
 
 	// A fresh namespace holds only a loopback device, down.
-	links, err := retryDump(a.Netlink().LinkList)
+	links, err := netlinksafe.Dump(a.Netlink().LinkList)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
+
+	"github.com/netblocks/netblocks/internal/netlinksafe"
 )
 
 // initialLinks returns the links of the test process's own network namespace,
@@ -23,7 +25,7 @@ func initialLinks(t *testing.T) []string {
 		t.Fatalf("open netlink handle: %v", err)
 	}
 	defer h.Close()
-	links, err := retryDump(h.LinkList)
+	links, err := netlinksafe.Dump(h.LinkList)
 	if err != nil {
 		t.Fatalf("list links: %v", err)
 	}
@@ -151,7 +153,7 @@ func checkNodes(t *testing.T, top *Topology, prefix, prefix6 string, mtu int) {
 			t.Errorf("node %d: lo not up (%v)", i, err)
 		}
 
-		addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_ALL) })
+		addrs, err := netlinksafe.Dump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_ALL) })
 		if err != nil {
 			t.Fatal(err)
 		}
